@@ -1,0 +1,1 @@
+"""saebench.metrics."""
