@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMAND_MODULES: tuple[str, ...] = (
@@ -24,9 +25,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USER_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb. Errors caused by the user's input (bad names, shapes, missing files) print one line and
+    exit with status 2; set ``SAEBENCH_DEBUG=1`` for the traceback."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as err:
+        if os.environ.get("SAEBENCH_DEBUG"):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"saebench {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ from saebench.sae.base import (
     register_sae,
     save_sae,
 )
+from saebench.sae.jumprelu import JumpReLUSAE, JumpReLUSAEConfig
+from saebench.sae.relu import ReLUSAE, ReLUSAEConfig
+from saebench.sae.topk import BatchTopKSAE, BatchTopKSAEConfig, TopKSAE, TopKSAEConfig
 
 __all__ = [
     "SAE",
@@ -22,4 +25,12 @@ __all__ = [
     "load_sae",
     "register_sae",
     "save_sae",
+    "ReLUSAE",
+    "ReLUSAEConfig",
+    "TopKSAE",
+    "TopKSAEConfig",
+    "BatchTopKSAE",
+    "BatchTopKSAEConfig",
+    "JumpReLUSAE",
+    "JumpReLUSAEConfig",
 ]

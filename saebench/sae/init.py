@@ -1,0 +1,61 @@
+"""Data-dependent initialisation helpers for SAEs.
+
+:func:`geometric_median` initialises the decoder bias ``b_dec`` (Bricken et al. 2023, "Towards
+Monosemanticity", § "Training the SAE"; PatchSAE, Lim et al. 2025, App. A.1 / Table 2), through
+:meth:`SAE.init_decoder_bias`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["geometric_median"]
+
+
+def geometric_median(points: torch.Tensor, max_iter: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    """The geometric median of ``points`` ``(n, d)``: the ``(d,)`` point minimising ``sum_i ||x_i - y||``.
+
+    Weiszfeld's iteration ``y <- sum_i w_i x_i / sum_i w_i`` with ``w_i = 1 / ||x_i - y||``, started from the
+    coordinate mean, with the modification of Vardi & Zhang (2000, "The multivariate L1-median and associated
+    data depth", PNAS 97(4)) for an estimate that coincides with data points: with ``eta`` points at ``y``
+    and ``r = ||sum_{x_i != y} w_i (x_i - y)||``, ``y`` is the median when ``r <= eta``; otherwise the step is
+    ``y <- (1 - eta/r) T(y) + (eta/r) y``, ``T`` the Weiszfeld map over the other points. So no weight is
+    ever ``1/0``.
+
+    Stops after ``max_iter`` steps or when a step moves less than ``tol`` times the mean distance from the
+    points to the estimate (a scale-free criterion). Half-precision inputs are processed in float32; the
+    result has the input's dtype.
+    """
+    if points.ndim != 2 or points.shape[0] == 0:
+        raise ValueError(
+            f"geometric_median needs a non-empty (n, d) tensor of points, got shape {tuple(points.shape)}"
+        )
+    if not torch.isfinite(points).all():
+        raise ValueError("geometric_median: points contain NaN/Inf values; drop or clean those rows first")
+    if max_iter < 1 or tol <= 0:
+        raise ValueError(f"geometric_median needs max_iter >= 1 and tol > 0, got {max_iter=}, {tol=}")
+    work = points.float() if points.dtype in (torch.float16, torch.bfloat16) else points
+    coincidence_tol = torch.finfo(work.dtype).eps
+    y = work.mean(dim=0)
+    for _ in range(max_iter):
+        dist = torch.linalg.vector_norm(work - y, dim=1)
+        coincident = dist <= coincidence_tol * dist.max()
+        weights = torch.where(coincident, torch.zeros_like(dist), 1.0 / dist)
+        total = weights.sum()
+        if total == 0:  # every point sits at y
+            break
+        weiszfeld = (weights @ work) / total
+        n_coincident = int(coincident.sum())
+        if n_coincident == 0:
+            y_next = weiszfeld
+        else:
+            # ||sum_{x_i != y} w_i (x_i - y)|| = total * ||T(y) - y||
+            r = float(total * torch.linalg.vector_norm(weiszfeld - y))
+            if r <= n_coincident:
+                break
+            y_next = (1.0 - n_coincident / r) * weiszfeld + (n_coincident / r) * y
+        step = float(torch.linalg.vector_norm(y_next - y))
+        y = y_next
+        if step <= tol * float(dist.mean()):
+            break
+    return y.to(points.dtype)
