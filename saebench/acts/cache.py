@@ -273,9 +273,9 @@ def cache_activations(
     finished = _completed_stores(writers)
     if finished is not None:
         return result(finished)
-    started_group = not distributed.current_context().enabled and distributed.init_from_env().enabled
+    group_existed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    ctx = distributed.init_from_env()  # a world of one outside torchrun
     try:
-        ctx = distributed.current_context()
         if ctx.is_main:
             for writer in writers.values():
                 writer.prepare()
@@ -299,7 +299,7 @@ def cache_activations(
         distributed.barrier()
         return result({hook: Store(writer.path, verify="lazy") for hook, writer in writers.items()})
     finally:
-        if started_group:
+        if ctx.enabled and not group_existed:
             distributed.cleanup()
 
 

@@ -1,10 +1,10 @@
 """Token layouts, token selection and patch-grid resizing for cached activations.
 
 A hook on a vision backbone yields a tensor ``(B, T, d)``: per image, ``T`` tokens of width ``d``. The
-:class:`TokenLayout` says what those tokens are, always in the order ``[cls, registers, patches]`` with patches
-in row-major order (row 0 left to right, then row 1, ...). This is the order timm and open_clip ViTs use
-(timm ``VisionTransformer._pos_embed`` puts the class token before the register tokens), and the order in which
-a convolutional map ``(B, C, H, W)`` is flattened into ``H*W`` tokens.
+:class:`TokenLayout` says what those tokens are, always in the order ``[cls, registers, patches]``, with
+the patches in row-major order (row 0 left to right, then row 1, ...). This is the order of timm and
+open_clip ViTs (timm ``VisionTransformer._pos_embed`` puts the class token before the register tokens), and
+the order in which a convolutional map ``(B, C, H, W)`` is flattened into ``H*W`` tokens.
 
 Which tokens an SAE trains on differs per paper, so the selection is a recorded option:
 
@@ -12,7 +12,7 @@ Which tokens an SAE trains on differs per paper, so the selection is a recorded 
 - ``"cls"``: the class token(s) only.
 - ``"registers"``: the register tokens only (Darcet et al.; e.g. timm ``*_reg4_dinov2``).
 - ``"patches"``: the patch grid only. USAE drops the class token and trains on patch tokens (usae.md §1.6).
-- ``"mean"``: the mean of the patch tokens, one row per image (the mean of all tokens when the layout has no grid).
+- ``"mean"``: the mean of the patch tokens, one row per image (of all tokens when the layout has no grid).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -54,9 +53,15 @@ class TokenLayout:
                 raise ValueError(f"TokenLayout.{field_name} must be an int >= 0, got {value!r}")
         if self.grid is not None:
             grid = tuple(self.grid)
-            if len(grid) != 2 or not all(isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid):
-                raise ValueError(f"TokenLayout.grid must be (h, w) with positive ints or None, got {self.grid!r}")
-            object.__setattr__(self, "grid", grid)  # lists from JSON become tuples: equal layouts compare equal
+            if len(grid) != 2 or not all(
+                isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid
+            ):
+                raise ValueError(
+                    f"TokenLayout.grid must be (h, w) with positive ints or None, got {self.grid!r}"
+                )
+            object.__setattr__(
+                self, "grid", grid
+            )  # lists from JSON become tuples: equal layouts compare equal
         if self.n_tokens == 0:
             raise ValueError("TokenLayout has no tokens: give n_cls, n_registers or a grid")
 
@@ -69,8 +74,11 @@ class TokenLayout:
     def from_dict(cls, data: dict[str, Any]) -> TokenLayout:
         """Inverse of :meth:`to_dict`."""
         grid = data.get("grid")
-        return cls(n_cls=int(data["n_cls"]), n_registers=int(data["n_registers"]),
-                   grid=None if grid is None else (int(grid[0]), int(grid[1])))
+        return cls(
+            n_cls=int(data["n_cls"]),
+            n_registers=int(data["n_registers"]),
+            grid=None if grid is None else (int(grid[0]), int(grid[1])),
+        )
 
     @property
     def n_prefix(self) -> int:
@@ -89,14 +97,22 @@ class TokenLayout:
 
     def available_selections(self) -> tuple[str, ...]:
         """Selections that are meaningful for this layout (``"cls"`` only with a class token, ...)."""
-        present = {"all": True, "cls": self.n_cls > 0, "registers": self.n_registers > 0,
-                   "patches": self.grid is not None, "mean": True}
+        present = {
+            "all": True,
+            "cls": self.n_cls > 0,
+            "registers": self.n_registers > 0,
+            "patches": self.grid is not None,
+            "mean": True,
+        }
         return tuple(s for s in SELECTIONS if present[s])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (used in fingerprints and store metadata)."""
-        return {"n_cls": self.n_cls, "n_registers": self.n_registers,
-                "grid": None if self.grid is None else list(self.grid)}
+        return {
+            "n_cls": self.n_cls,
+            "n_registers": self.n_registers,
+            "grid": None if self.grid is None else list(self.grid),
+        }
 
 
 def _check_selection(layout: TokenLayout, selection: str) -> None:
@@ -149,8 +165,8 @@ def select_tokens(acts: Tensor, layout: TokenLayout, selection: str) -> Tensor:
         selection: ``"all" | "cls" | "registers" | "patches" | "mean"`` (see the module docstring).
 
     Returns:
-        ``(B, T', d)``: a view of ``acts`` for the slicing selections; for ``"mean"`` a new ``(B, 1, d)`` tensor,
-        the mean over patch tokens (over all tokens when the layout has no grid), accumulated in float32.
+        ``(B, T', d)``: a view of ``acts`` for the slicing selections; for ``"mean"`` a new ``(B, 1, d)``
+        tensor, the mean over patch tokens (over all tokens without a grid), accumulated in float32.
     """
     if acts.ndim != 3:
         raise ValueError(f"acts must be (B, T, d), got shape {tuple(acts.shape)}")
@@ -161,10 +177,10 @@ def select_tokens(acts: Tensor, layout: TokenLayout, selection: str) -> Tensor:
         )
     _check_selection(layout, selection)
     if selection == "mean":
-        pooled_over = acts[:, layout.n_prefix:] if layout.grid is not None else acts
+        pooled_over = acts[:, layout.n_prefix :] if layout.grid is not None else acts
         return pooled_over.float().mean(dim=1, keepdim=True).to(acts.dtype)
     indices = selected_token_indices(layout, selection)
-    return acts[:, indices[0]: indices[-1] + 1]
+    return acts[:, indices[0] : indices[-1] + 1]
 
 
 def resize_grid(
@@ -203,7 +219,9 @@ def resize_grid(
     if mode not in _RESIZE_MODES:
         raise ValueError(f"unknown resize mode {mode!r}; valid modes: {', '.join(_RESIZE_MODES)}")
     if antialias and mode not in _ANTIALIAS_MODES:
-        raise ValueError(f"antialias=True works only with modes {_ANTIALIAS_MODES}; pass antialias=False for {mode!r}")
+        raise ValueError(
+            f"antialias=True works only with modes {_ANTIALIAS_MODES}; pass antialias=False for {mode!r}"
+        )
     batch, _, width = patches.shape
     image = patches.float().reshape(batch, h, w, width).permute(0, 3, 1, 2)
     interp_kwargs: dict[str, Any] = {"antialias": antialias}

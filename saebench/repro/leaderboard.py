@@ -23,8 +23,8 @@ __all__ = ["SAE_COLUMNS", "build_leaderboard", "render_leaderboard", "sae_rows"]
 
 # (column header, metric key, scale): the cross-paper SAE table; see saebench.repro.pipeline for the names.
 SAE_COLUMNS: tuple[tuple[str, str, float], ...] = (
-    ("FVU", "fvu", 1.0),
-    ("cosine", "cosine", 1.0),
+    ("FVU", "fvu_dataset", 1.0),
+    ("cosine", "cosine_similarity_mean", 1.0),
     ("L0", "l0", 1.0),
     ("dead %", "dead_fraction", 100.0),
     ("probe", "probe_accuracy", 1.0),
@@ -120,7 +120,7 @@ def _pareto_series(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[tuple
     """tier -> series name (``paper: sae``) -> (L0, FVU) points, from rows with finite numeric values."""
     by_tier: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        l0, fvu = r["metrics"].get("l0"), r["metrics"].get("fvu")
+        l0, fvu = r["metrics"].get("l0"), r["metrics"].get("fvu_dataset")
         if isinstance(l0, (int, float)) and isinstance(fvu, (int, float)):
             by_tier[r["tier"]][f"{r['paper']}: {r['sae']}"].append((float(l0), float(fvu)))
     return {tier: dict(series) for tier, series in by_tier.items()}
@@ -140,7 +140,7 @@ def render_leaderboard(records: list[dict[str, Any]], figures: dict[str, str]) -
     lines += _sae_section(sae_rows(records))
     lines += ["## FVU vs L0", ""]
     if not figures:
-        lines += ["No record holds a run with both `fvu` and `l0` yet.", ""]
+        lines += ["No record holds a run with both `fvu_dataset` and `l0` yet.", ""]
     for tier, png in figures.items():
         lines += [f"![FVU vs L0, {tier} tier]({png})", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -160,7 +160,7 @@ def build_leaderboard(results_dir: str | Path = "results") -> Path:
             series,
             results_dir / "figures" / name,
             xlabel="L0 (active latents per sample)",
-            ylabel="FVU",
+            ylabel="FVU (fvu_dataset)",
             title=f"FVU vs L0 — {tier} tier",
         )
         figures[tier] = f"figures/{name}"

@@ -9,9 +9,10 @@ It composes library calls (cache, train, eval) and returns every run it produced
 selector ``fields`` (``sae``, ``k``, ``backbone``, ...) plus its ``metrics`` — and the results of the named
 checks its claims refer to. The harness (:mod:`saebench.repro.runner`) does the rest.
 
-Fields and metrics the leaderboard's cross-paper table reads (use these names where they apply):
-``sae`` (architecture), ``backbone``; ``fvu`` (:func:`saebench.metrics.fvu_dataset`), ``cosine``, ``l0``
-(mean count of active latents), ``dead_fraction`` (0..1), ``probe_accuracy``.
+Fields and metrics the leaderboard's cross-paper SAE table reads (use these names where they apply; the
+metric names are those of :func:`saebench.evaluate.evaluate_sae`): fields ``sae`` (the architecture) and
+``backbone``; metrics ``fvu_dataset``, ``cosine_similarity_mean``, ``l0`` (mean count of active latents),
+``dead_fraction`` (0..1) and ``probe_accuracy``. Paper-specific definitions go under their own names.
 """
 
 from __future__ import annotations

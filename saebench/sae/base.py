@@ -78,7 +78,9 @@ class SAEConfig:
 
     def __post_init__(self) -> None:
         if self.d_in <= 0 or self.n_latents <= 0:
-            raise ValueError(f"d_in and n_latents must be positive, got d_in={self.d_in}, n_latents={self.n_latents}")
+            raise ValueError(
+                f"d_in and n_latents must be positive, got d_in={self.d_in}, n_latents={self.n_latents}"
+            )
         if self.pre_encoder_bias and not self.decoder_bias:
             raise ValueError("pre_encoder_bias=True subtracts b_dec, so it needs decoder_bias=True")
 
@@ -87,6 +89,13 @@ class SAEConfig:
 
 
 _REGISTRY: dict[str, type[SAE]] = {}
+
+
+def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``x @ weight + bias`` for ``x`` ``(..., m)``, ``weight`` ``(m, n)``: one fused ``addmm``, so the
+    ``(..., n)`` result is written once instead of once for the product and again for the bias."""
+    out = torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight)
+    return out.view(*x.shape[:-1], weight.shape[-1])
 
 
 def register_sae(name: str):
@@ -120,7 +129,8 @@ def sae_class(name: str) -> type[SAE]:
 
 
 def create_sae(name: str, **config: Any) -> SAE:
-    """Build a registered architecture from keyword config, e.g. ``create_sae("topk", d_in=64, n_latents=256, k=8)``."""
+    """Build a registered architecture from keyword config, e.g.
+    ``create_sae("topk", d_in=64, n_latents=256, k=8)``."""
     cls = sae_class(name)
     return cls(cls.config_class(**config))
 
@@ -137,7 +147,9 @@ class SAE(nn.Module):
     def __init__(self, config: SAEConfig):
         super().__init__()
         if not isinstance(config, self.config_class):
-            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}"
+            )
         self.config = config
         d, h = config.d_in, config.n_latents
         w_dec = torch.randn(h, d)
@@ -208,10 +220,10 @@ class SAE(nn.Module):
         x_n = self.normalize(x)
         if self.config.pre_encoder_bias:
             x_n = x_n - self.b_dec
-        return x_n @ self.encoder_weight + self.b_enc
+        return _affine(x_n, self.encoder_weight, self.b_enc)
 
     def activation(self, pre_codes: torch.Tensor) -> torch.Tensor:
-        """The sparsifying non-linearity, ``(..., n_latents) -> (..., n_latents)``. Implemented by subclasses."""
+        """The sparsifying non-linearity, ``(..., n_latents) -> (..., n_latents)``; set by each subclass."""
         raise NotImplementedError
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,7 +235,7 @@ class SAE(nn.Module):
         """``(..., n_latents) -> (..., d_in)`` reconstruction in the input's space."""
         if codes.shape[-1] != self.n_latents:
             raise ValueError(f"codes must have shape (..., {self.n_latents}), got {tuple(codes.shape)}")
-        return self.denormalize(codes @ self.W_dec + self.b_dec)
+        return self.denormalize(_affine(codes, self.W_dec, self.b_dec))
 
     def forward(self, x: torch.Tensor) -> SAEOutput:
         self.check_input(x)
@@ -244,7 +256,8 @@ class SAE(nn.Module):
 
     @torch.no_grad()
     def normalize_decoder_rows(self) -> None:
-        """Rescale decoder rows to unit L2 norm. Call after ``optimizer.step``; no-op unless ``normalize_decoder``."""
+        """Rescale decoder rows to unit L2 norm. Call after ``optimizer.step``; no-op unless
+        ``normalize_decoder``."""
         if self.config.normalize_decoder:
             self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -263,6 +276,7 @@ class SAE(nn.Module):
         if method == "zeros":
             self.b_dec.zero_()
             return
+        self.check_input(sample)
         sample = self.normalize(sample.reshape(-1, self.d_in).to(self.b_dec))
         if method == "mean":
             self.b_dec.copy_(sample.mean(dim=0))
@@ -293,7 +307,8 @@ class CheckpointArchitectureError(ValueError):
 def _paths(path: str | Path) -> tuple[Path, Path]:
     path = Path(path)
     stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
-    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    # append rather than with_suffix: a stem such as "sae_lr1.5" keeps its dot
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
 def save_sae(sae: SAE, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -321,7 +336,9 @@ def load_sae(path: str | Path, architecture: str | None = None, device: str | to
     weights_path, config_path = _paths(path)
     for p in (weights_path, config_path):
         if not p.exists():
-            raise FileNotFoundError(f"SAE checkpoint file {p} is missing (a checkpoint is a .safetensors + .json pair)")
+            raise FileNotFoundError(
+                f"SAE checkpoint file {p} is missing (a checkpoint is a .safetensors + .json pair)"
+            )
     meta = json.loads(config_path.read_text())
     saved = meta.get("architecture")
     if architecture is not None and architecture != saved:

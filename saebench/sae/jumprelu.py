@@ -3,11 +3,16 @@ Sparse Autoencoders", arXiv:2407.14435).
 
 Per-latent threshold ``theta = exp(log_threshold)`` (a parameter; the log keeps it positive), and
 
-    codes = JumpReLU_theta(pre) = pre * H(pre - theta)                       (paper Eq. 4, H(0) = 0)
+    z     = relu(pre)
+    codes = JumpReLU_theta(z) = z * H(z - theta)                              (paper Eq. 4, H(0) = 0)
+
+The ReLU changes no code (``theta > 0``); it keeps negative pre-activations out of the kernel window below,
+which matters only while ``theta < eps / 2``. overcomplete's ``JumpSAE`` applies it too, citing the paper's
+Appendix J pseudo-code.
 
 The jump has no useful derivative in ``theta``, so backward uses the paper's straight-through
 pseudo-derivatives with a kernel ``K`` of bandwidth ``eps`` (§4, Eq. 11 and its Heaviside analogue; the
-rectangle kernel ``K(u) = 1 if |u| < 1/2 else 0``, as in the paper's Appendix J pseudo-code):
+rectangle kernel ``K(u) = 1 if |u| < 1/2 else 0``, as in the paper's pseudo-code):
 
     d/d theta JumpReLU_theta(z) := -(theta / eps) K((z - theta) / eps)   d/dz JumpReLU_theta(z) = H(z - theta)
     d/d theta H(z - theta)      := -(1 / eps) K((z - theta) / eps)       d/dz H(z - theta) := 0
@@ -97,8 +102,10 @@ class JumpReLUSAEConfig(SAEConfig):
 
     bandwidth: kernel bandwidth ``eps`` of the pseudo-gradients (> 0).
     initial_threshold: ``theta`` at initialisation, the same for every latent (> 0).
-    Defaults 0.001 and 0.001: SAELens's ``jumprelu_bandwidth`` / ``jumprelu_init_threshold`` defaults; Gemma
-    Scope (Lieberum et al. 2024) trains with bandwidth 0.001.
+    Defaults 0.001 and 0.001: SAELens's ``jumprelu_bandwidth`` / ``jumprelu_init_threshold`` defaults, set
+    for language-model activations and long runs. Both are in the units of the pre-activations: for inputs
+    standardised per dimension and short runs, larger values train much faster
+    (``docs/architectures/jumprelu.md``).
     """
 
     bandwidth: float = 0.001
@@ -114,11 +121,9 @@ class JumpReLUSAEConfig(SAEConfig):
 
 @register_sae("jumprelu")
 class JumpReLUSAE(SAE):
-    """``codes = pre * H(pre - theta)`` per latent, ``theta = exp(log_threshold)`` ``(n_latents,)`` learned.
-
-    overcomplete's ``JumpSAE`` computes ``relu(pre)`` first: identical codes (theta > 0), and an identical
-    threshold pseudo-gradient except where ``theta < eps/2`` (there its zeros from negative pre-activations
-    fall into the kernel window). Its ``thresholds`` parameter is our ``log_threshold``.
+    """``codes = relu(pre) * H(relu(pre) - theta)`` per latent, with learned thresholds
+    ``theta = exp(log_threshold)`` ``(n_latents,)`` (see the module docstring). overcomplete's ``JumpSAE`` is
+    the same map; its ``thresholds`` parameter is our ``log_threshold``.
     """
 
     config_class = JumpReLUSAEConfig
@@ -133,10 +138,10 @@ class JumpReLUSAE(SAE):
         return self.log_threshold.exp()
 
     def activation(self, pre_codes: torch.Tensor) -> torch.Tensor:
-        return jumprelu(pre_codes, self.threshold, self.config.bandwidth)
+        return jumprelu(torch.relu(pre_codes), self.threshold, self.config.bandwidth)
 
     def differentiable_l0(self, pre_codes: torch.Tensor) -> torch.Tensor:
-        """``(..., n_latents) -> (...,)`` number of active latents per row, ``sum_j H(pre_j - theta_j)``,
-        differentiable in ``theta`` through the step STE (paper §4, the L0 of Eq. 10); no gradient flows to
-        ``pre_codes``."""
-        return step_ste(pre_codes, self.threshold, self.config.bandwidth).sum(dim=-1)
+        """``(..., n_latents) -> (...,)`` number of active latents per row,
+        ``sum_j H(relu(pre_j) - theta_j)``, differentiable in ``theta`` through the step STE (paper §4, the
+        L0 of Eq. 10); no gradient flows to ``pre_codes``."""
+        return step_ste(torch.relu(pre_codes), self.threshold, self.config.bandwidth).sum(dim=-1)

@@ -113,11 +113,14 @@ def write_checkpoint(checkpoint_dir: str | Path, step: int, sae: SAE, trainer_st
 
 
 def prune_checkpoints(checkpoint_dir: str | Path, keep: int | None) -> None:
-    """Delete all but the ``keep`` newest checkpoints (``None``: keep all)."""
+    """Delete all but the ``keep`` newest checkpoints (``None``: keep all). Each is first renamed to a
+    temporary name, so a kill during the deletion never leaves a half-deleted ``step_*`` folder."""
     if keep is None:
         return
     for _, path in list_checkpoints(checkpoint_dir)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+        doomed = path.with_name(f"{_TMP_PREFIX}deleting-{path.name}-{os.getpid()}")
+        os.replace(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def remove_stale_temporaries(checkpoint_dir: str | Path) -> None:

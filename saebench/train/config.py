@@ -55,7 +55,8 @@ class TrainConfig:
             ``checkpoint_dir``; ``keep_checkpoints`` newest ones are kept (``None``: keep all).
         resume: continue from the latest checkpoint in ``checkpoint_dir`` (a fresh start if there is none).
         log_path: JSONL file, one line per step.
-        seed: seeds torch, numpy and python ``random`` at the start of a fresh run.
+        seed: seeds torch, numpy and python ``random`` before the batches are iterated (a resumed run then
+            restores the checkpoint's RNG states).
         progress: show a tqdm progress bar.
     """
 

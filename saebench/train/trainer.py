@@ -25,12 +25,12 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from saebench.sae.base import SAE, SAEOutput
+from saebench.sae.base import SAE
 from saebench.train import distributed
 from saebench.train.auxiliary import DeadLatentTracker, auxk_loss, ghost_grads_loss
 from saebench.train.checkpoint import (
@@ -47,11 +47,11 @@ from saebench.train.checkpoint import (
     write_checkpoint,
 )
 from saebench.train.config import TrainConfig
+from saebench.train.losses import LossFn, default_loss
 from saebench.train.schedules import build_scheduler
 
 __all__ = [
     "Batch",
-    "LossFn",
     "ObserveCodes",
     "StepFn",
     "SAEStep",
@@ -63,8 +63,7 @@ __all__ = [
     "build_optimizer",
 ]
 
-Batch = Union[torch.Tensor, Mapping[str, torch.Tensor]]  # noqa: UP007 (runtime alias, py3.10)
-LossFn = Callable[[torch.Tensor, SAEOutput, SAE], tuple[torch.Tensor, dict[str, float]]]
+Batch = torch.Tensor | Mapping[str, torch.Tensor]
 ObserveCodes = Callable[[torch.Tensor], torch.Tensor]
 """Called by a step function with the ``(..., n_latents)`` codes of its batch; records firing (all ranks
 combined), L0 and the dead-latent window, and returns the ``(n_latents,)`` bool dead mask."""
@@ -178,11 +177,7 @@ class Trainer:
                     "parameters: call sae.float() first"
                 )
         if step_fn is None:
-            if loss_fn is None:
-                from saebench.train.losses import default_loss
-
-                loss_fn = default_loss(sae)
-            step_fn = SAEStep(loss_fn, config)
+            step_fn = SAEStep(loss_fn if loss_fn is not None else default_loss(sae), config)
         self.step_fn = step_fn
         self.optimizer = build_optimizer(self.params, config)
         self.scheduler = build_scheduler(self.optimizer, config)
@@ -321,8 +316,8 @@ class Trainer:
             return self.tracker.dead_mask
 
     def _mean_over_ranks(self, loss: torch.Tensor, terms: dict[str, Any], weight: float) -> dict[str, float]:
-        """The loss and terms averaged over ranks, weighted by each rank's share of the rows. Terms named like
-        a trainer log key (e.g. the loss function's own ``loss``) are dropped: the trainer's value is logged."""
+        """The loss and terms averaged over ranks, weighted by each rank's share of the rows. Terms named
+        like a trainer log key are dropped (the trainer's value wins)."""
         names = ["loss", *sorted(set(terms) - TRAINER_LOG_KEYS)]
         if not self.context.enabled:
             return {"loss": loss.item(), **{k: float(terms[k]) for k in names[1:]}}
@@ -419,7 +414,8 @@ class Trainer:
         load_sae_weights(path, self.sae)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["grad_scaler"])
+        if state["grad_scaler"]:  # empty when the saving run had no active scaler (fp32, bf16, fp16 on CPU)
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.tracker.load_state_dict(state["dead_tracker"])
         self.step = int(state["step"])
         self.batches_consumed = int(state["batches_consumed"])
@@ -474,9 +470,11 @@ def run_trainers(trainers: Sequence[Trainer], batches: Iterable[Batch]) -> None:
 
     Resuming: each trainer restores its own latest checkpoint; the data restarts at the smallest position
     among them, and a trainer whose checkpoint is further along skips the batches it has already trained on.
-    RNG states come from a trainer at that smallest position, applied after the consumed batches are skipped
-    (so an iterable that draws from the global RNG replays identically); a fresh run seeds everything with the
-    first trainer's ``seed``.
+
+    RNG: every run first seeds everything with the first trainer's ``seed`` and only then calls
+    ``iter(batches)`` (a ``DataLoader`` draws its shuffling seed there); a resumed run then skips the
+    consumed batches (replaying the original stream) and restores the RNG states saved by a trainer at the
+    smallest position.
     """
     if isinstance(batches, torch.Tensor):
         raise TypeError(
@@ -493,11 +491,10 @@ def run_trainers(trainers: Sequence[Trainer], batches: Iterable[Batch]) -> None:
             trainer.prepare()
         position = min(t.batches_consumed for t in trainers)
         leader = next(t for t in trainers if t.batches_consumed == position)
+        seed_everything(trainers[0].config.seed)  # before iter(): loaders draw their shuffle seed there
         iterator = _position(batches, position, leader.restored_data_state)
         if leader.restored_rng is not None:
             restore_rng_state(leader.restored_rng)
-        else:
-            seed_everything(trainers[0].config.seed)
         show = any(t.config.progress for t in trainers) and trainers[0].context.is_main
         total = max(t.config.total_steps for t in trainers)
         with tqdm(total=total, initial=position, disable=not show, desc="train", dynamic_ncols=True) as bar:

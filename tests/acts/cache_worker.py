@@ -1,9 +1,9 @@
 """Fixtures of the activation-store tests, and the cache script those tests spawn.
 
 As a module (the tests load it by path): :func:`tiny_backbone`, a seeded random 2-block ViT-like model on
-16x16 images (a class token and a 4x4 patch grid of width 16); :class:`GeneratedImages`, a deterministic source
-of random RGB images with optional unreadable positions; :func:`synthetic_store`, a store written directly
-whose rows carry their own global row number in column 0.
+16x16 images (a class token and a 4x4 patch grid of width 16); :class:`GeneratedImages`, a deterministic
+source of random RGB images with optional unreadable positions; :func:`synthetic_store`, a store written
+directly whose rows carry their own global row number in column 0.
 
 As a script (``python cache_worker.py --out DIR ...`` or under ``torchrun``): caches ``GeneratedImages``
 through ``tiny_backbone`` at hook ``block.1``. ``--delay`` sleeps before each forward so that a test can kill
@@ -46,7 +46,9 @@ class TinyViT(nn.Module):
 
     def __init__(self, width: int = WIDTH, depth: int = 2):
         super().__init__()
-        self.patch_embed = nn.Conv2d(3, width, kernel_size=IMAGE_SIZE // GRID[0], stride=IMAGE_SIZE // GRID[0])
+        self.patch_embed = nn.Conv2d(
+            3, width, kernel_size=IMAGE_SIZE // GRID[0], stride=IMAGE_SIZE // GRID[0]
+        )
         self.cls_token = nn.Parameter(torch.randn(1, 1, width))
         self.blocks = nn.ModuleList(_Block(width) for _ in range(depth))
 
@@ -92,14 +94,20 @@ class GeneratedImages:
         return self.n
 
     def __getitem__(self, position: int) -> Sample:
-        if position in self.unreadable:
-            raise UnreadableImageError(position)
         index = self.order[position] if self.order is not None else position
+        if position in self.unreadable:
+            raise UnreadableImageError(index, f"generated:{position}", "marked unreadable")
         pixels = np.random.default_rng((self.seed, index)).integers(0, 256, size=(20, 20, 3), dtype=np.uint8)
         return Sample(image=Image.fromarray(pixels), label=index % 3, index=index, caption=None)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"name": self.name, "n": self.n, "seed": self.seed, "unreadable": self.unreadable, "order": self.order}
+        return {
+            "name": self.name,
+            "n": self.n,
+            "seed": self.seed,
+            "unreadable": self.unreadable,
+            "order": self.order,
+        }
 
 
 def synthetic_store(
@@ -114,12 +122,22 @@ def synthetic_store(
     dataset: str = "synthetic",
     seed: int = 0,
 ) -> Store:
-    """A complete store written shard by shard with :class:`StoreWriter`: column 0 of global row ``r`` is ``r``
-    (exact in float32), the other columns are seeded normal noise; image ``j`` has index ``image_order[j]``."""
+    """A complete store written shard by shard with :class:`StoreWriter`: column 0 of global row ``r`` is
+    ``r`` (exact in float32), the other columns are seeded normal noise; image ``j`` has index
+    ``image_order[j]``."""
     order = np.asarray(image_order if image_order is not None else range(n_images), dtype=np.int64)
     layout = ShardLayout(n_images, images_per_shard, batch_size=images_per_shard)
-    spec = {"dataset": dataset, "n_images": n_images, "d": d, "dtype": dtype, "seed": seed, "tokens": tokens_per_image}
-    writer = StoreWriter(root, spec, d=d, dtype=dtype, tokens_per_image=tokens_per_image, token_grid=None, layout=layout)
+    spec = {
+        "dataset": dataset,
+        "n_images": n_images,
+        "d": d,
+        "dtype": dtype,
+        "seed": seed,
+        "tokens": tokens_per_image,
+    }
+    writer = StoreWriter(
+        root, spec, d=d, dtype=dtype, tokens_per_image=tokens_per_image, token_grid=None, layout=layout
+    )
     writer.prepare()
     rng = np.random.default_rng(seed)
     for shard in range(layout.n_shards):
@@ -128,15 +146,18 @@ def synthetic_store(
         acts = torch.from_numpy(rng.normal(size=(len(rows), d))).float()
         acts[:, 0] = torch.from_numpy(rows).float()
         index = np.stack(
-            [np.repeat(order[positions], tokens_per_image), np.tile(np.arange(tokens_per_image), len(positions)),
-             np.repeat(order[positions] % 4, tokens_per_image)],
+            [
+                np.repeat(order[positions], tokens_per_image),
+                np.tile(np.arange(tokens_per_image), len(positions)),
+                np.repeat(order[positions] % 4, tokens_per_image),
+            ],
             axis=1,
         )
         writer.write_shard(shard, acts, index)
     return writer.finalize()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> Store:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--images", type=int, default=24)
@@ -149,12 +170,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     store = cache_activations(
-        tiny_backbone(delay=args.delay), GeneratedImages(args.images, unreadable=args.unreadable), "block.1",
-        tokens=args.tokens, out_root=args.out, batch_size=args.batch_size, dtype=args.dtype,
-        shard_rows=args.shard_rows, progress=False,
+        tiny_backbone(delay=args.delay),
+        GeneratedImages(args.images, unreadable=args.unreadable),
+        "block.1",
+        tokens=args.tokens,
+        out_root=args.out,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        shard_rows=args.shard_rows,
+        progress=False,
     )
     print(store.path, flush=True)
+    return store
 
 
 if __name__ == "__main__":
-    main()
+    # Run main() from the module imported by name, so that TinyViT's qualified name (part of the backbone
+    # fingerprint, hence of the store's hash) is "cache_worker.TinyViT" here as in the tests' import.
+    import cache_worker
+
+    cache_worker.main()

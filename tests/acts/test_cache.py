@@ -19,7 +19,7 @@ import torch
 from saebench.acts.backbones import UnknownHookError
 from saebench.acts.cache import cache_activations
 from saebench.acts.cli import register
-from saebench.acts.store import AlignedStores, CorruptShardError, Store
+from saebench.acts.store import AlignedStores, CorruptShardError, IncompleteStoreError, Store
 from saebench.acts.tokens import select_tokens
 
 WORKER = Path(__file__).with_name("cache_worker.py")
@@ -36,7 +36,7 @@ def _cache(backbone, source, root, hooks="block.1", **options):
 
 
 def _store_content(path: Path) -> dict[str, bytes]:
-    """Every file of a store folder, with ``metadata.json`` minus its timing fields (the only run-dependent part)."""
+    """Every file of a store folder; ``metadata.json`` without its timing fields (the run-dependent part)."""
     content = {}
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         data = file.read_bytes()
@@ -67,7 +67,9 @@ def test_cached_rows_are_the_backbone_patch_tokens(tmp_path):
     torch.testing.assert_close(store.rows(0, store.n_rows), expected.reshape(-1, 16), rtol=1e-5, atol=1e-6)
     index = store.index()
     assert np.array_equal(index[:, 0], np.repeat(np.arange(10), TOKENS))
-    assert np.array_equal(index[:, 1], np.tile(np.arange(1, 1 + TOKENS), 10))  # positions after the class token
+    assert np.array_equal(
+        index[:, 1], np.tile(np.arange(1, 1 + TOKENS), 10)
+    )  # positions after the class token
     assert np.array_equal(index[:, 2], np.repeat(np.arange(10) % 3, TOKENS))
     meta = store.metadata
     assert meta["tokens_per_image"] == TOKENS and meta["token_grid"] == [4, 4] and meta["d"] == 16
@@ -81,9 +83,9 @@ def test_rerun_is_a_cache_hit_and_any_spec_change_gives_a_new_folder(tmp_path):
     calls = _forward_counter(backbone)
     source = worker.GeneratedImages(6)
     first = _cache(backbone, source, tmp_path)
-    assert calls[0] == 3  # 6 images in batches of 2
+    assert calls[0] == 4  # 2 shards of 3 images (shard_rows 48 / 16 tokens), each in batches of 2 + 1
     again = _cache(backbone, source, tmp_path)
-    assert calls[0] == 3 and again.path == first.path
+    assert calls[0] == 4 and again.path == first.path
     changed = {
         _cache(backbone, source, tmp_path, dtype="bfloat16").path,
         _cache(backbone, source, tmp_path, tokens="all").path,
@@ -96,7 +98,12 @@ def test_rerun_is_a_cache_hit_and_any_spec_change_gives_a_new_folder(tmp_path):
 
 def test_unreadable_images_are_skipped_and_counted(tmp_path):
     store = _cache(worker.tiny_backbone(), worker.GeneratedImages(9, unreadable=[2, 7]), tmp_path)
-    assert store.metadata["counts"] == {"source_images": 9, "images": 7, "skipped_images": 2, "rows": 7 * TOKENS}
+    assert store.metadata["counts"] == {
+        "source_images": 9,
+        "images": 7,
+        "skipped_images": 2,
+        "rows": 7 * TOKENS,
+    }
     assert [s["position"] for s in store.skipped] == [2, 7]
     assert all("UnreadableImageError" in s["error"] for s in store.skipped)
     assert np.array_equal(store.image_order(), [0, 1, 3, 4, 5, 6, 8])
@@ -127,22 +134,71 @@ def test_bad_arguments_name_the_valid_choices(tmp_path):
         _cache(backbone, source, tmp_path, hooks="block.7")
     with pytest.raises(ValueError, match="unknown token selection 'patch'; choose one of all, cls"):
         _cache(backbone, source, tmp_path, tokens="patch")
-    with pytest.raises(ValueError, match="unknown activation dtype 'fp8'; choose one of float32, float16, bfloat16"):
+    with pytest.raises(
+        ValueError, match="unknown activation dtype 'fp8'; choose one of float32, float16, bfloat16"
+    ):
         _cache(backbone, source, tmp_path, dtype="fp8")
     with pytest.raises(ValueError, match="grid resize needs tokens='patches'"):
         _cache(backbone, source, tmp_path, tokens="all", grid=(2, 2))
 
 
-def test_cli_unknown_backbone_lists_the_registered_names(tmp_path, capsys):
+def _cli(*argv: str) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(prog="saebench")
     register(parser.add_subparsers())
-    args = parser.parse_args(["cache", "--backbone", "vit-b17", "--hook", "block.0", "--source", "skimage",
-                              "--out", str(tmp_path)])
-    assert args.func(args) == 2
+    args = parser.parse_args(["cache", *argv])
+    return args.func(args)
+
+
+def test_cli_caches_a_registered_backbone(tmp_path, capsys):
+    argv = [
+        "--backbone",
+        "timm:vit_tiny_patch16_224",
+        "--random-init",
+        "--hook",
+        "block.0",
+        "--tokens",
+        "cls",
+        "--source",
+        "skimage",
+        "--subset",
+        "3",
+        "--dtype",
+        "bfloat16",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    assert _cli(*argv) == 0
+    hook, path, _ = capsys.readouterr().out.strip().split("\t")
+    store = Store(path, verify="open")
+    assert hook == "block.0" and store.n_rows == 3 and store.d == 192 and store.dtype == "bfloat16"
+    assert store.spec["dataset"]["kind"] == "subset" and store.spec["dataset"]["first_n"] == 3
+
+
+def test_cli_errors_name_the_valid_choices(tmp_path, capsys):
+    common = ["--random-init", "--source", "skimage", "--out", str(tmp_path)]
+    assert _cli("--backbone", "vit-b17", "--hook", "block.0", *common) == 2
     err = capsys.readouterr().err
     assert "unknown backbone 'vit-b17'" in err and "vit-b16" in err and "efficientnet-lite0" in err
+    assert (
+        _cli(
+            "--backbone",
+            "timm:vit_tiny_patch16_224",
+            "--hook",
+            "block.0",
+            "--random-init",
+            "--source",
+            "cifar",
+            "--out",
+            str(tmp_path),
+        )
+        == 2
+    )
+    assert "unknown source 'cifar'; valid sources: fashion-mnist, imagefolder, webdataset, skimage" in (
+        capsys.readouterr().err
+    )
 
 
 # ------------------------------------------------------------------------------------------- resume
@@ -173,8 +229,10 @@ def test_interrupted_run_resumes_to_identical_bytes(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _cache(backbone, flaky, tmp_path / "resumed", workers=0)
     partial = tmp_path / "resumed" / reference.path.name
-    assert sorted(p.name for p in partial.glob("shards/shard-*.json")) == [f"shard-00000{k}.json" for k in range(3)]
-    with pytest.raises(Exception, match="still being written"):
+    assert sorted(p.name for p in partial.glob("shards/shard-*.json")) == [
+        f"shard-00000{k}.json" for k in range(3)
+    ]
+    with pytest.raises(IncompleteStoreError, match="still being written"):
         Store(partial)
     resumed = _cache(backbone, flaky, tmp_path / "resumed")
     assert _store_content(resumed.path) == _store_content(reference.path)
@@ -200,26 +258,40 @@ def test_deleting_a_corrupt_shard_and_rerunning_restores_it(tmp_path):
 WORKER_ARGS = ["--images", "24", "--batch-size", "2", "--shard-rows", "48", "--unreadable", "4"]  # 8 shards
 
 
-def _run_worker(out: Path, *extra: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    command = [sys.executable, *launcher, str(WORKER), "--out", str(out), *WORKER_ARGS, *extra]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+def _worker_command(root: Path, *extra: str, launcher: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, *launcher, str(WORKER), "--out", str(root), *WORKER_ARGS, *extra]
+
+
+def _run_here(root: Path) -> Path:
+    """The worker's run in this process (one intra-op thread, as in the worker processes)."""
+    threads = torch.get_num_threads()
+    try:
+        return worker.main(["--out", str(root), *WORKER_ARGS]).path
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _has_record(acts_file: Path) -> bool:
+    return acts_file.with_name(acts_file.name.replace("acts-", "shard-").replace(".bin", ".json")).exists()
 
 
 def _committed(root: Path) -> int:
     return len(list(root.glob("*/shards/shard-*.json")))
 
 
-def _kill_after(root: Path, commits: int) -> None:
-    """Start a slowed worker and SIGKILL it once at least ``commits`` shards are committed."""
+def _kill_after(root: Path, commits: int) -> int:
+    """Start a slowed worker (0.1 s per forward), SIGKILL it once ``commits`` shards are committed and
+    return how many were committed when it died."""
     process = subprocess.Popen(
-        [sys.executable, str(WORKER), "--out", str(root), *WORKER_ARGS, "--delay", "0.1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        _worker_command(root, "--delay", "0.1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 240
     try:
         while _committed(root) < commits:
             if process.poll() is not None:
-                pytest.fail(f"worker exited ({process.returncode}) before {commits} commits: {process.stderr.read()}")
+                pytest.fail(
+                    f"worker exited ({process.returncode}) before {commits} commits: {process.stderr.read()}"
+                )
             if time.monotonic() > deadline:
                 pytest.fail("worker made no progress within 240 s")
             time.sleep(0.01)
@@ -227,24 +299,26 @@ def _kill_after(root: Path, commits: int) -> None:
     finally:
         process.wait()
     assert process.returncode == -signal.SIGKILL
+    return _committed(root)
 
 
 @pytest.fixture(scope="module")
 def reference_store(tmp_path_factory) -> Path:
     """An uninterrupted single-process run of the worker."""
-    root = tmp_path_factory.mktemp("reference")
-    return Path(_run_worker(root).stdout.strip())
+    return _run_here(tmp_path_factory.mktemp("reference"))
 
 
 @pytest.mark.slow
 def test_sigkill_at_several_points_then_resume_is_byte_identical(tmp_path, reference_store):
     root = tmp_path / "killed"
-    _kill_after(root, commits=1)
-    first_kill = _committed(root)
-    _kill_after(root, commits=3)
-    assert 3 <= _committed(root) < 8 and _committed(root) > first_kill
-    resumed = Path(_run_worker(root).stdout.strip())
-    assert resumed.name == reference_store.name
+    first = _kill_after(root, commits=1)
+    second = _kill_after(root, commits=first + 2)  # the second process resumed, then died in turn
+    assert first < second < 8, "the kills must land before the last of the 8 shards"
+    assert [p.name for p in root.iterdir()] == [reference_store.name]  # the killed runs wrote the same store
+    kept = {p: p.stat().st_mtime_ns for p in root.glob("*/shards/acts-*.bin") if _has_record(p)}
+    resumed = _run_here(root)
+    assert resumed.parent == root
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # committed shards were not rewritten
     assert not list(resumed.rglob("*.tmp.*"))
     assert _store_content(resumed) == _store_content(reference_store)
     Store(resumed, verify="open")
@@ -253,8 +327,11 @@ def test_sigkill_at_several_points_then_resume_is_byte_identical(tmp_path, refer
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_two_torchrun_processes_write_the_same_store_as_one(tmp_path, reference_store):
-    launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
-    _run_worker(tmp_path, launcher=launcher)
+    command = _worker_command(
+        tmp_path, launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    )
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"torchrun failed:\n{done.stderr[-3000:]}"
     (store,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert store.name == reference_store.name
     assert _store_content(store) == _store_content(reference_store)

@@ -1,5 +1,5 @@
 """Loaders over stores: shuffled (every row once per epoch, deterministic, resumable), ordered, by image, and
-aligned multi-model batches. Stores come from ``cache_worker.synthetic_store``, whose column 0 is the row number."""
+aligned multi-model batches. Stores come from ``cache_worker.synthetic_store``: column 0 is the row number."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def _row_ids(batches) -> list[int]:
     return [int(v) for b in batches for v in b[:, 0].tolist()]
 
 
-@pytest.mark.parametrize(("batch_size", "buffer_rows", "chunk_rows"), [(16, 64, 16), (7, 30, 9), (300, 1000, 64)])
+@pytest.mark.parametrize(
+    ("batch_size", "buffer_rows", "chunk_rows"), [(16, 64, 16), (7, 30, 9), (300, 1000, 64)]
+)
 def test_shuffled_epoch_yields_every_row_exactly_once(store, batch_size, buffer_rows, chunk_rows):
     loader = ShuffledLoader(store, batch_size, seed=5, buffer_rows=buffer_rows, chunk_rows=chunk_rows)
     batches = list(loader)
@@ -76,7 +78,7 @@ def test_shuffled_resumes_mid_epoch(store, stop_after):
     resumed.load_state_dict(state)
     seen.extend(resumed.epochs(2))
     assert len(seen) == len(expected)
-    assert all(torch.equal(a, b) for a, b in zip(seen, expected))
+    assert all(torch.equal(a, b) for a, b in zip(seen, expected, strict=True))
 
 
 def test_resume_state_is_checked(store):

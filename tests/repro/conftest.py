@@ -37,11 +37,11 @@ FAKE_PIPELINE = textwrap.dedent(
 FAKE_RUNS = [
     {
         "fields": {"sae": "topk", "k": 8},
-        "metrics": {"fvu": 0.10, "l0": 8.0, "cosine": 0.95, "dead_fraction": 0.02},
+        "metrics": {"fvu_dataset": 0.10, "l0": 8.0, "cosine_similarity_mean": 0.95, "dead_fraction": 0.02},
     },
     {
         "fields": {"sae": "relu", "k": 8},
-        "metrics": {"fvu": 0.20, "l0": 9.5, "cosine": 0.90, "dead_fraction": 0.10},
+        "metrics": {"fvu_dataset": 0.20, "l0": 9.5, "cosine_similarity_mean": 0.90, "dead_fraction": 0.10},
     },
 ]
 
@@ -50,7 +50,7 @@ PASSING_CLAIMS = [
         "id": "fvu-topk",
         "tiers": ["toy"],
         "source": "Table 1",
-        "metric": "fvu",
+        "metric": "fvu_dataset",
         "selector": {"sae": "topk"},
         "value": 0.12,
         "tolerance": {"abs": 0.05},
@@ -60,7 +60,7 @@ PASSING_CLAIMS = [
         "id": "cos-relu",
         "tiers": ["toy"],
         "source": {"regenerated": {"how": "fake", "seeds": [0, 1, 2]}},
-        "metric": "cosine",
+        "metric": "cosine_similarity_mean",
         "selector": {"sae": "relu"},
         "bound": {"op": ">=", "value": 0.85, "reason": "floor"},
     },
@@ -68,7 +68,7 @@ PASSING_CLAIMS = [
         "id": "topk-beats-relu",
         "tiers": ["toy"],
         "source": "Fig. 2",
-        "metric": "fvu",
+        "metric": "fvu_dataset",
         "selector": {"k": 8},
         "ordering": {"better": {"sae": "topk"}, "worse": {"sae": "relu"}, "better_is": "lower"},
     },
@@ -77,7 +77,7 @@ PASSING_CLAIMS = [
         "id": "fvu-full",
         "tiers": ["full"],
         "source": "Table 9",
-        "metric": "fvu",
+        "metric": "fvu_dataset",
         "selector": {"sae": "topk"},
         "value": 0.1,
         "tolerance": {"rel": 0.1},

@@ -49,7 +49,7 @@ def test_every_kind_parses(kit, tmp_path):
     value = by_id["fvu-topk"]
     assert isinstance(value.spec, ValueSpec) and value.spec.tolerance.kind == "abs"
     assert value.spec.tolerance.allowed(0.12) == 0.05
-    assert value.selector == {"sae": "topk"} and value.metric == "fvu"
+    assert value.selector == {"sae": "topk"} and value.metric == "fvu_dataset"
     assert isinstance(by_id["cos-relu"].spec, BoundSpec) and by_id["cos-relu"].spec.op == ">="
     assert by_id["cos-relu"].source.seeds == (0, 1, 2)
     assert by_id["cos-relu"].source.describe() == "regenerated (fake; seeds 0, 1, 2)"

@@ -32,7 +32,7 @@ def _result(kit, checks=None):
 
 def _value(value, tolerance):
     return _claim(
-        metric="fvu",
+        metric="fvu_dataset",
         selector={"sae": "topk"},
         value=value,
         tolerance=tolerance,
@@ -59,7 +59,7 @@ def test_value_claim(kit, value, tolerance, status):
 
 def test_value_claim_on_nan_fails(kit):
     result = _result(kit)
-    result.runs[0].metrics["fvu"] = math.nan
+    result.runs[0].metrics["fvu_dataset"] = math.nan
     outcome = evaluate_claim(_value(0.1, {"abs": 1.0}), result)
     assert outcome.status == "fail" and "nan" in outcome.detail
 
@@ -75,7 +75,9 @@ def test_value_claim_on_nan_fails(kit):
     ],
 )
 def test_bound_claim(kit, op, bound, status):
-    claim = _claim(metric="fvu", selector={"sae": "topk"}, bound={"op": op, "value": bound, "reason": "r"})
+    claim = _claim(
+        metric="fvu_dataset", selector={"sae": "topk"}, bound={"op": op, "value": bound, "reason": "r"}
+    )
     outcome = evaluate_claim(claim, _result(kit))
     assert outcome.status == status
     assert outcome.reported == f"{op} {bound:.4g}"
@@ -84,10 +86,10 @@ def test_bound_claim(kit, op, bound, status):
 @pytest.mark.parametrize(
     ("metric", "better", "worse", "better_is", "status"),
     [
-        ("fvu", "topk", "relu", "lower", "pass"),  # 0.10 < 0.20
-        ("fvu", "relu", "topk", "lower", "fail"),
-        ("cosine", "topk", "relu", "higher", "pass"),  # 0.95 > 0.90
-        ("cosine", "relu", "topk", "higher", "fail"),
+        ("fvu_dataset", "topk", "relu", "lower", "pass"),  # 0.10 < 0.20
+        ("fvu_dataset", "relu", "topk", "lower", "fail"),
+        ("cosine_similarity_mean", "topk", "relu", "higher", "pass"),  # 0.95 > 0.90
+        ("cosine_similarity_mean", "relu", "topk", "higher", "fail"),
     ],
 )
 def test_ordering_claim(kit, metric, better, worse, better_is, status):
@@ -103,9 +105,10 @@ def test_ordering_claim(kit, metric, better, worse, better_is, status):
 
 def test_ordering_ties_fail(kit):
     result = _result(kit)
-    result.runs[1].metrics["fvu"] = result.runs[0].metrics["fvu"]
+    result.runs[1].metrics["fvu_dataset"] = result.runs[0].metrics["fvu_dataset"]
     claim = _claim(
-        metric="fvu", ordering={"better": {"sae": "topk"}, "worse": {"sae": "relu"}, "better_is": "lower"}
+        metric="fvu_dataset",
+        ordering={"better": {"sae": "topk"}, "worse": {"sae": "relu"}, "better_is": "lower"},
     )
     outcome = evaluate_claim(claim, result)
     assert outcome.status == "fail" and outcome.regenerated == "0.1 = 0.1"
@@ -122,7 +125,9 @@ def test_check_claim(kit):
 
 
 def test_selector_matching_no_run_lists_the_runs(kit):
-    claim = _claim(metric="fvu", selector={"sae": "jumprelu"}, bound={"op": "<=", "value": 1, "reason": "r"})
+    claim = _claim(
+        metric="fvu_dataset", selector={"sae": "jumprelu"}, bound={"op": "<=", "value": 1, "reason": "r"}
+    )
     outcome = evaluate_claim(claim, _result(kit))
     assert outcome.status == "error"
     assert outcome.detail.startswith(f"{FILE}: claim 'c': selector {{sae=jumprelu}} matches no run")
@@ -130,7 +135,7 @@ def test_selector_matching_no_run_lists_the_runs(kit):
 
 
 def test_selector_matching_several_runs_names_the_differing_fields(kit):
-    claim = _claim(metric="fvu", selector={"k": 8}, bound={"op": "<=", "value": 1, "reason": "r"})
+    claim = _claim(metric="fvu_dataset", selector={"k": 8}, bound={"op": "<=", "value": 1, "reason": "r"})
     with pytest.raises(ValueError, match=r"claim 'c': selector \{k=8\} matches 2 runs; .*differ in: sae"):
         select_run(claim, _result(kit).runs, claim.selector)
     assert evaluate_claim(claim, _result(kit)).status == "error"
@@ -139,7 +144,9 @@ def test_selector_matching_several_runs_names_the_differing_fields(kit):
 def test_selector_values_compare_as_numbers_but_not_across_types(kit):
     runs = _result(kit).runs
     claim = _claim(
-        metric="fvu", selector={"k": 8.0, "sae": "topk"}, bound={"op": "<=", "value": 1, "reason": "r"}
+        metric="fvu_dataset",
+        selector={"k": 8.0, "sae": "topk"},
+        bound={"op": "<=", "value": 1, "reason": "r"},
     )
     assert select_run(claim, runs, claim.selector) is runs[0]  # YAML 8.0 picks the run with k=8
     with pytest.raises(ValueError, match="matches no run"):
@@ -150,7 +157,10 @@ def test_missing_metric_is_an_error_naming_the_metrics(kit):
     claim = _claim(metric="mcc", selector={"sae": "topk"}, bound={"op": ">=", "value": 0.9, "reason": "r"})
     outcome = evaluate_claim(claim, _result(kit))
     assert outcome.status == "error"
-    assert "has no metric 'mcc'; its metrics: cosine, dead_fraction, fvu, l0" in outcome.detail
+    assert (
+        "has no metric 'mcc'; its metrics: cosine_similarity_mean, dead_fraction, fvu_dataset, l0"
+        in outcome.detail
+    )
 
 
 def test_failure_message_is_a_readable_diff(kit):
@@ -158,7 +168,7 @@ def test_failure_message_is_a_readable_diff(kit):
     message = failure_message(outcome)
     assert message.splitlines() == [
         f"claim 'c' FAILED ({FILE})",
-        "  metric:      fvu  [sae=topk]",
+        "  metric:      fvu_dataset  [sae=topk]",
         "  reported:    0.12",
         "  regenerated: 0.1",
         "  tolerance:   ±0.01",

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 THIN_TEST_FILE = (
     "from saebench.repro.pytest_plugin import claim_tests\n\ntest_claim = claim_tests(__file__)\n"
 )
@@ -30,6 +32,7 @@ def _pytest(cwd, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # a child pytest that imports torch: ~5 s alone, over 10 s on a busy 2-core machine
 def test_one_case_per_claim_one_pipeline_run_and_a_diff(kit, tmp_path):
     claims = kit.claims
     claims[0] = dict(claims[0], value=0.3)  # regenerated fvu 0.1: off by 0.2 > 0.05
@@ -59,6 +62,7 @@ def test_one_case_per_claim_one_pipeline_run_and_a_diff(kit, tmp_path):
     assert (tmp_path / "res" / "runs" / "fake-toy.json").is_file()
 
 
+@pytest.mark.slow  # two child pytest runs
 def test_full_tier_skips_with_what_to_supply_and_bad_claims_fail_collection(kit, tmp_path):
     folder = kit.write(tmp_path / "reproductions", "fake", kit.claims, {"toy": kit.toy, "full": kit.full})
     (folder / "test_fake.py").write_text(THIN_TEST_FILE)

@@ -40,7 +40,7 @@ def test_record_of_a_run_follows_the_schema(fake_root, tmp_path):
     assert record["device"] == "cpu" and record["wall_time_s"] >= 0
     assert record["runs"][0] == {
         "fields": {"k": 8, "sae": "topk"},
-        "metrics": {"cosine": 0.95, "dead_fraction": 0.02, "fvu": 0.1, "l0": 8.0},
+        "metrics": {"cosine_similarity_mean": 0.95, "dead_fraction": 0.02, "fvu_dataset": 0.1, "l0": 8.0},
     }
     assert record["checks"] == {"recovers": {"detail": "MCC 0.97 >= 0.9", "passed": True}}
     assert [c["claim"] for c in record["claims"]] == ["fvu-topk", "cos-relu", "topk-beats-relu", "recovery"]

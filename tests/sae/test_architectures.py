@@ -73,7 +73,7 @@ def test_batchtopk_counts_every_leading_dimension_as_rows(make_sae):
     sae = make_sae("batchtopk", k=3).train()
     codes = sae(torch.randn(2, 5, sae.d_in)).codes
     assert codes.shape == (2, 5, sae.n_latents)
-    # k * B = 3 * 10 kept out of 320; about half the random pre-activations are positive, so all 30 are non-zero
+    # k * B = 3 * 10 kept out of 320; about half the random pre-activations are positive, so all 30 are > 0
     assert (codes != 0).sum().item() == 3 * 10
 
 
@@ -110,7 +110,8 @@ def test_jumprelu_ste_gradients_match_the_rectangle_kernel_formula():
 
 
 def test_jumprelu_log_threshold_gradient_is_chain_rule_through_exp(make_sae):
-    """d/d log_theta = theta * d/d theta; with theta = 2, one latent in the window: -(2 / 0.5) * 1 * 2 = -8."""
+    """d/d log_theta = theta * d/d theta. theta = 2, eps = 0.5, one code in the window, upstream gradient 1:
+    d/d theta = -(theta / eps) * 1 = -4, so d/d log_theta = 2 * -4 = -8."""
     sae = make_sae("jumprelu", d_in=1, n_latents=1, initial_threshold=2.0, bandwidth=0.5,
                    pre_encoder_bias=False)
     with torch.no_grad():
@@ -135,9 +136,25 @@ def test_token_shaped_inputs(make_sae, architecture):
     out = sae(x)
     flat = sae(x.reshape(15, sae.d_in))
     assert out.codes.shape == (3, 5, sae.n_latents) and out.x_hat.shape == x.shape
-    torch.testing.assert_close(out.codes.reshape(15, -1), flat.codes, rtol=0, atol=1e-6)  # batched matmul order
+    # 1e-6: a 3-D matmul may sum in another order than the 2-D one
+    torch.testing.assert_close(out.codes.reshape(15, -1), flat.codes, rtol=0, atol=1e-6)
 
 
 def test_jumprelu_initial_threshold_is_stored_as_log(make_sae):
     sae = make_sae("jumprelu", initial_threshold=0.05)
     assert torch.allclose(sae.log_threshold, torch.full((sae.n_latents,), math.log(0.05)))
+
+
+def test_bfloat16_autocast_forward_and_backward(make_sae, architecture):
+    """Mixed precision: the matmuls run in bfloat16, and finite gradients reach the float32 master weights."""
+    sae = make_sae(architecture)
+    x = torch.randn(32, sae.d_in)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae(x)
+        loss = (out.x_hat.float() - x).square().mean()
+    assert torch.isfinite(out.codes).all()
+    loss.backward()
+    for name, p in sae.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name
+    if architecture == "batchtopk":
+        assert sae.threshold.dtype == torch.float32 and torch.isfinite(sae.threshold)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from saebench.sae import create_sae
+from saebench.sae import JumpReLUSAE, TopKSAE, TopKSAEConfig, create_sae
 
 
 def test_wrong_input_width(make_sae, architecture):
@@ -69,9 +69,13 @@ def test_unknown_config_field_is_named():
 
 
 def test_config_of_another_architecture_is_refused():
-    from saebench.sae import TopKSAE, TopKSAEConfig
-
     config = TopKSAEConfig(d_in=8, n_latents=32, k=2)
     with pytest.raises(TypeError, match="JumpReLUSAE needs a JumpReLUSAEConfig, got TopKSAEConfig"):
-        create_sae.__globals__["sae_class"]("jumprelu")(config)
+        JumpReLUSAE(config)
     assert isinstance(TopKSAE(config), TopKSAE)
+
+
+def test_decoder_bias_sample_of_the_wrong_width(make_sae):
+    sae = make_sae("relu")
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 8\), got \(10, 3\)"):
+        sae.init_decoder_bias(torch.randn(10, 3))

@@ -102,21 +102,37 @@ def test_jumprelu_gradients_match_up_to_overcompletes_kernel_scale(overcomplete,
     """Same encoder gradients with the rectangle kernel. The threshold pseudo-gradient differs by a known
     factor: overcomplete's ``rectangle_kernel(delta, eps)`` is ``1[|delta| <= eps/2] / eps`` (a density in
     ``delta``), and it still multiplies by ``theta / eps``, so its gradient is the paper's Eq. 11 divided by
-    ``eps`` again. Thresholds ~0.3 exceed eps/2 = 0.1, where overcomplete's ReLU-before-threshold changes
-    nothing (see JumpReLUSAE's docstring)."""
+    ``eps`` again. Some thresholds lie below eps/2 = 0.1, where the ReLU before the threshold matters."""
     torch.manual_seed(3)
     ours = _ours(make_sae, "jumprelu", **OUR_CONFIG["jumprelu"])
     theirs = _peer(overcomplete, "jumprelu")
     _copy_weights(ours, theirs)
     with torch.no_grad():
-        ours.log_threshold.normal_(-1.2, 0.3)
+        ours.log_threshold.normal_(-2.0, 0.8)  # thresholds from ~0.03 to ~0.6
         theirs.thresholds.copy_(ours.log_threshold)
+    assert (ours.threshold < 0.1).any()
     x = torch.randn(B, D)
     weights = torch.randn(B, H)  # a loss that weights each code differently: sum(codes * weights)
     (ours(x).codes * weights).sum().backward()
     (theirs(x)[1] * weights).sum().backward()
-    assert ours.log_threshold.grad.abs().sum() > 0, "no code fell in the kernel window: the test checks nothing"
+    assert ours.log_threshold.grad.abs().sum() > 0, "no code fell in the kernel window"
     bandwidth = OUR_CONFIG["jumprelu"]["bandwidth"]
     torch.testing.assert_close(ours.log_threshold.grad / bandwidth, theirs.thresholds.grad, **RECON_TOL)
     torch.testing.assert_close(ours.W_enc.grad, theirs.encoder.final_block[0].weight.grad.t(), **RECON_TOL)
     torch.testing.assert_close(ours.b_enc.grad, theirs.encoder.final_block[0].bias.grad, **RECON_TOL)
+
+
+def test_l1_loss_matches_mse_l1_with_the_batch_size_folded_into_the_coefficient(overcomplete, make_sae):
+    """overcomplete's ``mse_l1`` is ``mean((x - x_hat)^2) + penalty * l1(codes)`` where ``l1`` sums |z| over
+    the whole batch; ours averages the per-row sum over rows. With a unit-norm decoder (so the weighting is
+    moot) they agree when our coefficient is ``B`` times theirs."""
+    from overcomplete.sae.losses import mse_l1
+
+    from saebench.train.losses import relu_l1_loss
+
+    ours = _ours(make_sae, "relu")
+    x = torch.randn(B, D)
+    out = ours(x)
+    theirs = mse_l1(x, out.x_hat, out.pre_codes, out.codes, ours.W_dec, penalty=0.01)
+    loss, _ = relu_l1_loss(0.01 * B, weight_by_decoder_norm=True)(x, out, ours)
+    torch.testing.assert_close(loss, theirs, **RECON_TOL)

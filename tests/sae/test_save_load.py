@@ -57,3 +57,10 @@ def test_missing_checkpoint_file_is_named(make_sae, tmp_path):
 def test_unknown_architecture_lists_the_valid_ones():
     with pytest.raises(KeyError, match="'gated'.*batchtopk, jumprelu, relu, topk"):
         create_sae("gated", d_in=8, n_latents=32)
+
+
+def test_a_dot_in_the_checkpoint_name_is_kept(make_sae, tmp_path):
+    sae = make_sae("relu")
+    assert sae.save(tmp_path / "sae_lr1.5") == tmp_path / "sae_lr1.5.safetensors"
+    assert (tmp_path / "sae_lr1.5.json").exists()
+    assert torch.equal(load_sae(tmp_path / "sae_lr1.5").W_dec, sae.W_dec)

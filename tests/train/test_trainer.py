@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 
 import pytest
 import torch
@@ -26,6 +27,14 @@ def test_training_lowers_the_loss_with_the_default_loss(sae_factory, batches):
     assert last["tokens"] == 60 * 32
     # decoder rows stay unit-norm after every step (float32 rounding of the renormalisation)
     assert torch.allclose(result.sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-6)
+
+
+@pytest.mark.parametrize("architecture", ["relu", "topk", "batchtopk", "jumprelu"])
+def test_every_standard_architecture_trains_with_its_default_loss(sae_factory, batches, architecture):
+    config = quiet(total_steps=15, lr=3e-3, auxk_coefficient=1 / 32, ghost_grads=True, dead_window_tokens=64)
+    result = train_sae(sae_factory(architecture), batches(15), config)
+    assert all(math.isfinite(r["loss"]) for r in result.history)
+    assert result.history[-1]["mse"] < result.history[0]["mse"]  # the aux terms grow as latents die
 
 
 def test_training_stops_when_batches_run_out(sae_factory, batches, tmp_path):
@@ -65,6 +74,16 @@ def test_bf16_autocast_runs_close_to_fp32(sae_factory, batches):
     assert losses["bf16"] != losses[None]  # autocast really ran in bf16
     # bf16 keeps 8 mantissa bits (~0.4% per rounding); after 20 steps the loss stays within 5%
     assert losses["bf16"][-1] == pytest.approx(losses[None][-1], rel=0.05)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 with a GradScaler is a CUDA path")
+def test_fp16_with_grad_scaler_on_cuda(sae_factory, batches):
+    sae = sae_factory().cuda()
+    trainer = Trainer(sae, quiet(total_steps=10, lr=2e-3, amp_dtype="fp16"), loss_fn=mse_loss)
+    assert trainer.scaler.is_enabled()
+    result = trainer.fit(batches(10))
+    assert all(p.dtype == torch.float32 for p in sae.parameters())
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
 
 
 def test_amp_needs_fp32_parameters(sae_factory):

@@ -2,7 +2,8 @@
 
 >>> backbone = load_backbone("efficientnet-lite0", pretrained=True)
 >>> x = backbone.preprocessing.transform()(image)[None]          # (1, 3, 224, 224)
->>> acts = backbone.extract(x, ["features", "pooled"])           # {"features": (1, 49, 1280), "pooled": (1, 1, 1280)}
+>>> acts = backbone.extract(x, ["features", "pooled"])
+>>> acts["features"].shape, acts["pooled"].shape          # (1, 49, 1280), (1, 1, 1280)
 
 Importing this package registers every entry (timm, open_clip and the EfficientNet packages are imported only
 when a backbone of theirs is built). See ``docs/backbones.md`` for the table of entries.

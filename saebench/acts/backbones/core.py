@@ -10,6 +10,7 @@ input) of one module during the image forward pass and converts it to tokens ``(
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,9 +44,10 @@ class HookPoint:
         module: dotted path of the hooked submodule in ``Backbone.model`` (``""`` is the model itself).
         width: ``d``, the width of each token.
         layout: the token layout of the extracted ``(B, T, d)`` tensor at the preprocessing's image size.
-        kind: ``"tokens"`` (module yields ``(B, T, d)``), ``"map"`` (``(B, C, H, W)``) or ``"pooled"`` (``(B, d)``).
-        capture: ``"output"`` of the module, or its first positional ``"input"`` (e.g. the input of a classifier
-            head is the pooled pre-logit embedding).
+        kind: ``"tokens"`` (the module yields ``(B, T, d)``), ``"map"`` (``(B, C, H, W)``) or ``"pooled"``
+            (``(B, d)``).
+        capture: ``"output"`` of the module, or its first positional ``"input"`` (e.g. the input of a
+            classifier head is the pooled pre-logit embedding).
     """
 
     name: str
@@ -57,20 +59,32 @@ class HookPoint:
 
     def __post_init__(self) -> None:
         if self.kind not in HOOK_KINDS:
-            raise ValueError(f"HookPoint {self.name!r}: unknown kind {self.kind!r}; valid: {', '.join(HOOK_KINDS)}")
+            raise ValueError(
+                f"HookPoint {self.name!r}: unknown kind {self.kind!r}; valid: {', '.join(HOOK_KINDS)}"
+            )
         if self.capture not in CAPTURES:
-            raise ValueError(f"HookPoint {self.name!r}: capture must be one of {CAPTURES}, got {self.capture!r}")
+            raise ValueError(
+                f"HookPoint {self.name!r}: capture must be one of {CAPTURES}, got {self.capture!r}"
+            )
         if not isinstance(self.width, int) or self.width <= 0:
             raise ValueError(f"HookPoint {self.name!r}: width must be a positive int, got {self.width!r}")
         if self.kind == "pooled" and self.layout != TokenLayout.pooled():
             raise ValueError(f"HookPoint {self.name!r}: a pooled hook has layout TokenLayout.pooled()")
         if self.kind == "map" and (self.layout.grid is None or self.layout.n_prefix):
-            raise ValueError(f"HookPoint {self.name!r}: a map hook has a grid layout without class/register tokens")
+            raise ValueError(
+                f"HookPoint {self.name!r}: a map hook has a grid layout without class/register tokens"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (part of the backbone fingerprint)."""
-        return {"name": self.name, "module": self.module, "width": self.width, "layout": self.layout.to_dict(),
-                "kind": self.kind, "capture": self.capture}
+        return {
+            "name": self.name,
+            "module": self.module,
+            "width": self.width,
+            "layout": self.layout.to_dict(),
+            "kind": self.kind,
+            "capture": self.capture,
+        }
 
 
 @dataclass
@@ -95,10 +109,10 @@ class _StopForward(Exception):
 
 
 def _module_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return torch.device("cpu"), torch.float32
+    """Device and dtype of the model's first floating-point tensor (CPU float32 for a model without one)."""
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    first = next((t for t in tensors if t.is_floating_point()), None)
+    return (first.device, first.dtype) if first is not None else (torch.device("cpu"), torch.float32)
 
 
 class Backbone:
@@ -139,7 +153,8 @@ class Backbone:
                 model.get_submodule(hook.module)
             except AttributeError as err:
                 raise ValueError(
-                    f"hook {key!r} points at module {hook.module!r}, which {type(model).__name__} does not have"
+                    f"hook {key!r} points at module {hook.module!r}, "
+                    f"which {type(model).__name__} does not have"
                 ) from err
         self.name = name
         self.model = model.eval().requires_grad_(False)
@@ -171,8 +186,8 @@ class Backbone:
     def resolve_hook(self, name: str) -> HookPoint:
         """The hook point for ``name``.
 
-        Accepts the names in :attr:`hooks`, the alias ``resid.<i>`` for ``block.<i>`` (the residual stream after
-        block i), and negative block indices (``block.-2`` is the second-to-last block, PatchSAE's hook,
+        Accepts the names in :attr:`hooks`, the alias ``resid.<i>`` for ``block.<i>`` (the residual stream
+        after block i), and negative block indices (``block.-2`` is the second-to-last block, PatchSAE's hook,
         patchsae.md §1.2).
         """
         if name in self.hooks:
@@ -182,14 +197,18 @@ class Backbone:
             index = int(match.group(2))
             if -self.n_blocks <= index < self.n_blocks:
                 return self.hooks[f"block.{index % self.n_blocks}"]
-        raise UnknownHookError(f"backbone '{self.name}' has no hook {name!r}; valid hooks: {self.describe_hooks()}")
+        raise UnknownHookError(
+            f"backbone '{self.name}' has no hook {name!r}; valid hooks: {self.describe_hooks()}"
+        )
 
     def describe_hooks(self) -> str:
         """The valid hook names, with block ranges collapsed (``block.0..block.11``)."""
         others = [name for name in self.hooks if not name.startswith("block.")]
         parts = []
         if self.n_blocks:
-            parts.append(f"block.0..block.{self.n_blocks - 1} (alias resid.<i>; negative i counts from the end)")
+            parts.append(
+                f"block.0..block.{self.n_blocks - 1} (alias resid.<i>; negative i counts from the end)"
+            )
         return ", ".join(parts + others)
 
     def extract(self, images: Tensor, hooks: Sequence[str]) -> dict[str, Tensor]:
@@ -203,6 +222,7 @@ class Backbone:
 
         Returns:
             requested name -> ``(B, T, d)`` tensor on the model's device, laid out as the hook's ``layout``.
+            These are inference tensors: ``.clone()`` one before modifying it in place outside inference mode.
         """
         if isinstance(hooks, str):
             raise TypeError(f"hooks must be a sequence of hook names, e.g. [{hooks!r}], not a string")
@@ -218,12 +238,13 @@ class Backbone:
                 value = args[0] if point.capture == "input" else output
                 if not isinstance(value, Tensor):
                     raise TypeError(
-                        f"hook {name!r}: module {point.module!r} {point.capture} is a {type(value).__name__}, "
-                        "not a tensor"
+                        f"hook {name!r}: module {point.module!r} {point.capture} is a "
+                        f"{type(value).__name__}, not a tensor"
                     )
                 captured[name] = value
                 if len(captured) == len(points):
                     raise _StopForward
+
             return hook
 
         try:
@@ -246,9 +267,13 @@ class Backbone:
     def _check_images(self, images: Tensor) -> Tensor:
         if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"images must be a (B, 3, H, W) tensor, got {shape}; use preprocessing.transform()")
+            raise ValueError(
+                f"images must be a (B, 3, H, W) tensor, got {shape}; use preprocessing.transform()"
+            )
         if not images.is_floating_point():
-            raise ValueError(f"images must be float (normalised), got {images.dtype}; use preprocessing.transform()")
+            raise ValueError(
+                f"images must be float (normalised), got {images.dtype}; use preprocessing.transform()"
+            )
         if images.device.type != "meta" and not torch.isfinite(images).all():
             raise ValueError("images contain NaN or Inf")
         device, dtype = _module_device_dtype(self.model)
@@ -268,15 +293,17 @@ class Backbone:
         if value.shape[1:] != (point.layout.n_tokens, point.width):
             raise RuntimeError(
                 f"hook {name!r} produced {value.shape[1]} tokens of width {value.shape[2]}, but its layout "
-                f"{point.layout} has {point.layout.n_tokens} tokens of width {point.width}; feed images of size "
-                f"{self.preprocessing.output_size} (the backbone's preprocessing)"
+                f"{point.layout} has {point.layout.n_tokens} tokens of width {point.width}; feed images of "
+                f"size {self.preprocessing.output_size} (the backbone's preprocessing)"
             )
         return value.contiguous()
 
     def encode_text(self, texts: Sequence[str]) -> Tensor:
         """Text-tower embeddings ``(N, d_text)`` (not L2-normalised) of ``texts``, under inference mode."""
         if self.text is None:
-            raise ValueError(f"backbone '{self.name}' has no text tower; the open_clip backbones (clip-*) have one")
+            raise ValueError(
+                f"backbone '{self.name}' has no text tower; the open_clip backbones (clip-*) have one"
+            )
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be a list of strings")
         tokens = self.text.tokenize(list(texts)).to(self.device)
@@ -284,7 +311,7 @@ class Backbone:
             return self.text.encode(tokens)
 
     def weights_identity(self) -> dict[str, Any]:
-        """How the weights were made plus their digests (computed once; hashing a large model takes seconds)."""
+        """Digests of the weights (computed once: hashing a large model takes seconds)."""
         if self._weights_identity is None:
             identity = {"state_dict_sha256": state_dict_sha256(self.model)}
             if self._weights_file is not None:
@@ -295,9 +322,9 @@ class Backbone:
     def fingerprint(self, hooks: Sequence[str] | None = None) -> dict[str, Any]:
         """Everything that determines the activations, as a JSON-ready dict.
 
-        Contains the name, the model source (library, version, architecture, tag, weights origin), the weights'
-        digests, the hooks (all, or only those named in ``hooks``), the preprocessing, and the text tower's
-        tokenisation when there is one.
+        Contains the name, the model source (library, version, architecture, tag, weights origin), the
+        weights' digests, the hooks (all, or only those named in ``hooks``), the preprocessing, and the text
+        tower's tokenisation when there is one.
         """
         points = self.hooks.values() if hooks is None else [self.resolve_hook(name) for name in hooks]
         fingerprint = {
@@ -310,6 +337,19 @@ class Backbone:
         if self.text is not None:
             fingerprint["text"] = dict(self.text.description, width=self.text.width)
         return fingerprint
+
+
+def check_input_size(
+    name: str, preprocessing: Preprocessing, model_size: int | tuple[int, int], kwarg: str
+) -> None:
+    """Refuse a preprocessing whose image size is not the model's fixed input size (ViT position grids)."""
+    model_size = (model_size, model_size) if isinstance(model_size, int) else tuple(model_size)
+    if tuple(preprocessing.output_size) != model_size:
+        raise ValueError(
+            f"backbone '{name}' takes {model_size[0]}x{model_size[1]} images but the preprocessing gives "
+            f"{preprocessing.output_size[0]}x{preprocessing.output_size[1]}; build the model for that size "
+            f"with model_kwargs={{'{kwarg}': {preprocessing.output_size[0]}}} or change the preprocessing"
+        )
 
 
 def backbone_from_module(
@@ -350,7 +390,9 @@ def probe_hook_points(
         if kind not in ("map", "pooled"):
             raise ValueError(f"probe_hook_points handles kinds 'map' and 'pooled', got {kind!r} for {name!r}")
 
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Any, name: str = name, capture: str = capture):
+        def hook(
+            module: nn.Module, args: tuple[Any, ...], output: Any, name: str = name, capture: str = capture
+        ):
             shapes[name] = (args[0] if capture == "input" else output).shape
 
         handles.append(model.get_submodule(path).register_forward_hook(hook))

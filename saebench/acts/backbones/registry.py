@@ -21,7 +21,7 @@ from saebench.acts.backbones.weights import (
     missing_weights_message,
 )
 
-BuildFn = Callable[["BackboneSpec", WeightsSource, dict[str, Any], Preprocessing, str], Backbone]
+BuildFn = Callable[["BackboneSpec", WeightsSource, dict[str, Any], "Preprocessing | None", str], Backbone]
 """``build(spec, weights_source, model_kwargs, preprocessing, build_device) -> Backbone`` (on CPU or meta)."""
 
 
@@ -43,8 +43,8 @@ class BackboneSpec:
         tag: the library's pretrained tag (timm ``name.tag``; open_clip ``pretrained=tag``), or None.
         preprocessing: the image preprocessing (None: read from the library's config when building).
         build: the family's builder (see :data:`BuildFn`).
-        hub_repo, hub_files: the Hugging Face repo and file names of the pretrained checkpoint, looked up in the
-            local HF cache and named in the missing-weights error.
+        hub_repo, hub_files: the Hugging Face repo and file names of the pretrained checkpoint, looked up in
+            the local HF cache and named in the missing-weights error.
         packaged_weights: returns the path of weights shipped in a Python package (or None if not installed).
         model_kwargs: keyword arguments for the library's constructor (e.g. ``img_size=224`` for DINOv2).
         description: one line for the docs: what it is and where its settings come from.
@@ -100,11 +100,14 @@ def get_spec(name: str) -> BackboneSpec:
         return _PREFIXES[prefix](architecture)
     prefixes = ", ".join(f"'{p}:<architecture>'" for p in sorted(_PREFIXES))
     raise UnknownBackboneError(
-        f"unknown backbone {name!r}; registered: {', '.join(available_backbones())}; also accepted: {prefixes}"
+        f"unknown backbone {name!r}; registered: {', '.join(available_backbones())}; "
+        f"also accepted: {prefixes}"
     )
 
 
-def resolve_weights(spec: BackboneSpec, weights: str | Path | None, pretrained: bool, seed: int) -> WeightsSource:
+def resolve_weights(
+    spec: BackboneSpec, weights: str | Path | None, pretrained: bool, seed: int
+) -> WeightsSource:
     """Decide where the weights come from (see :mod:`saebench.acts.backbones.weights` for the order)."""
     if weights is not None:
         path = Path(weights).expanduser()
@@ -123,7 +126,9 @@ def resolve_weights(spec: BackboneSpec, weights: str | Path | None, pretrained: 
             return WeightsSource("file", path=Path(path), tag=spec.tag)
     if spec.hub_repo and not hub_offline():
         return WeightsSource("hub", tag=spec.tag)
-    raise WeightsNotFoundError(missing_weights_message(spec.name, spec.library_ref, spec.hub_repo, spec.hub_files))
+    raise WeightsNotFoundError(
+        missing_weights_message(spec.name, spec.library_ref, spec.hub_repo, spec.hub_files)
+    )
 
 
 def load_backbone(
@@ -144,7 +149,8 @@ def load_backbone(
         device: where the model lives. ``"meta"`` builds the structure without memory or weights (random
             init only): hooks, layouts and output shapes are exact, values are not.
         pretrained: load pretrained weights (see :func:`resolve_weights`); False gives random weights.
-        seed: seed of the random init (the global RNG is left untouched), so random backbones are reproducible.
+        seed: seed of the random init (the global RNG is left untouched), so random backbones are
+            reproducible.
         model_kwargs: extra constructor arguments, merged over the spec's (e.g. ``depth=2, img_size=32`` for a
             tiny test ViT).
         preprocessing: replaces the spec's preprocessing (hooks of convolutional maps follow its image size).
@@ -173,8 +179,10 @@ def library_failure(spec: BackboneSpec, source: WeightsSource, err: Exception) -
     return ValueError(f"could not load {source.path} into backbone '{spec.name}' ({spec.library_ref}): {err}")
 
 
-def describe_source(spec: BackboneSpec, source: WeightsSource, model_kwargs: dict[str, Any], version: str) -> dict:
-    """The ``source`` part of a backbone fingerprint: library, version, architecture, kwargs, weights origin."""
+def describe_source(
+    spec: BackboneSpec, source: WeightsSource, model_kwargs: dict[str, Any], version: str
+) -> dict:
+    """The ``source`` part of a fingerprint: library, version, architecture, kwargs, weights origin."""
     weights: dict[str, Any] = {"kind": source.kind}
     if source.kind == "random":
         weights["seed"] = source.seed
@@ -184,7 +192,9 @@ def describe_source(spec: BackboneSpec, source: WeightsSource, model_kwargs: dic
         "library": spec.library,
         "version": version,
         "architecture": spec.architecture,
-        "model_kwargs": {key: value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
-                         for key, value in sorted(model_kwargs.items())},
+        "model_kwargs": {
+            key: value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
+            for key, value in sorted(model_kwargs.items())
+        },
         "weights": weights,
     }

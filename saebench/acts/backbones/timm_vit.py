@@ -3,7 +3,8 @@
 Hooks (module paths in timm's ``VisionTransformer``):
 
 - ``block.<i>``: output of ``blocks.<i>``, the residual stream after block i, ``(B, T, d)``;
-- ``final_norm``: output of ``norm``, the tokens after the final LayerNorm (what ``forward_features`` returns);
+- ``final_norm``: output of ``norm``, the tokens after the final LayerNorm (what ``forward_features``
+  returns);
 - ``pooled``: input of ``head``, the pooled pre-logit embedding (CLS token for ``global_pool='token'``, the
   attention-pool output for SigLIP's ``'map'``);
 - ``logits``: output of ``head`` when the model has a classifier.
@@ -16,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from saebench.acts.backbones.core import Backbone, HookPoint
+from saebench.acts.backbones.core import Backbone, HookPoint, check_input_size
 from saebench.acts.backbones.preprocessing import HALF, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from saebench.acts.backbones.registry import (
     BackboneSpec,
@@ -38,9 +39,9 @@ USAE_DINOV2_PREPROCESSING = Preprocessing(
 
 
 def timm_preprocessing(model: nn.Module) -> Preprocessing:
-    """timm's eval transform for ``model``: resize the shorter side to ``size / crop_pct``, centre-crop ``size``.
+    """timm's eval transform for ``model``: shorter side to ``size / crop_pct``, centre crop ``size``.
 
-    ``size`` is the model's own input size (``patch_embed.img_size``, which follows an ``img_size=`` override).
+    ``size`` is the model's own input size (``patch_embed.img_size``, which follows ``img_size=``).
     """
     from timm.data import resolve_data_config
 
@@ -65,18 +66,27 @@ def vit_hooks(model: nn.Module) -> dict[str, HookPoint]:
         grid=tuple(int(g) for g in model.patch_embed.grid_size),
     )
     width = int(model.embed_dim)
-    hooks = {f"block.{i}": HookPoint(f"block.{i}", f"blocks.{i}", width, layout) for i in range(len(model.blocks))}
+    hooks = {
+        f"block.{i}": HookPoint(f"block.{i}", f"blocks.{i}", width, layout) for i in range(len(model.blocks))
+    }
     if not isinstance(model.norm, nn.Identity):
         hooks["final_norm"] = HookPoint("final_norm", "norm", width, layout)
     pooled_width = int(getattr(model, "head_hidden_size", model.num_features))
-    hooks["pooled"] = HookPoint("pooled", "head", pooled_width, TokenLayout.pooled(), kind="pooled", capture="input")
+    hooks["pooled"] = HookPoint(
+        "pooled", "head", pooled_width, TokenLayout.pooled(), kind="pooled", capture="input"
+    )
     if isinstance(model.head, nn.Linear):
-        hooks["logits"] = HookPoint("logits", "head", model.head.out_features, TokenLayout.pooled(), kind="pooled")
+        hooks["logits"] = HookPoint(
+            "logits", "head", model.head.out_features, TokenLayout.pooled(), kind="pooled"
+        )
     return hooks
 
 
 def build_timm_vit(
-    spec: BackboneSpec, source: WeightsSource, model_kwargs: dict[str, Any], preprocessing: Preprocessing | None,
+    spec: BackboneSpec,
+    source: WeightsSource,
+    model_kwargs: dict[str, Any],
+    preprocessing: Preprocessing | None,
     build_device: str,
 ) -> Backbone:
     """Create the timm model (random, from a file through timm's checkpoint filters, or from the hub)."""
@@ -85,35 +95,54 @@ def build_timm_vit(
     name = f"{spec.architecture}.{spec.tag}" if spec.tag else spec.architecture
     try:
         if source.kind == "file":
-            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(source.path)},
-                                      **model_kwargs)
+            model = timm.create_model(
+                name, pretrained=True, pretrained_cfg_overlay={"file": str(source.path)}, **model_kwargs
+            )
         else:
             model = timm.create_model(name, pretrained=source.kind == "hub", **model_kwargs)
     except (OSError, RuntimeError, ValueError, KeyError) as err:
         if source.kind == "random":
             raise
         raise library_failure(spec, source, err) from err
-    if not (hasattr(model, "blocks") and hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")):
+    if not (
+        hasattr(model, "blocks") and hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")
+    ):
         raise ValueError(
             f"timm model '{spec.architecture}' is not a VisionTransformer; wrap it with backbone_from_module "
             "and declare its hook points"
         )
+    preprocessing = preprocessing or timm_preprocessing(model)
+    if not getattr(model, "dynamic_img_size", False):
+        check_input_size(spec.name, preprocessing, tuple(model.patch_embed.img_size), "img_size")
     return Backbone(
         spec.name,
         model,
         vit_hooks(model),
-        preprocessing or timm_preprocessing(model),
+        preprocessing,
         source=describe_source(spec, source, model_kwargs, timm.__version__),
         weights_file=str(source.path) if source.kind == "file" else None,
     )
 
 
-def _spec(name: str, architecture: str, tag: str | None, preprocessing: Preprocessing | None,
-          description: str, **model_kwargs: Any) -> BackboneSpec:
+def _spec(
+    name: str,
+    architecture: str,
+    tag: str | None,
+    preprocessing: Preprocessing | None,
+    description: str,
+    **model_kwargs: Any,
+) -> BackboneSpec:
     return BackboneSpec(
-        name=name, library="timm", architecture=architecture, tag=tag, preprocessing=preprocessing,
-        build=build_timm_vit, hub_repo=f"timm/{architecture}.{tag}" if tag else None, hub_files=TIMM_HUB_FILES,
-        model_kwargs=model_kwargs, description=description,
+        name=name,
+        library="timm",
+        architecture=architecture,
+        tag=tag,
+        preprocessing=preprocessing,
+        build=build_timm_vit,
+        hub_repo=f"timm/{architecture}.{tag}" if tag else None,
+        hub_files=TIMM_HUB_FILES,
+        model_kwargs=model_kwargs,
+        description=description,
     )
 
 
@@ -124,25 +153,53 @@ def generic_timm_spec(architecture: str) -> BackboneSpec:
     base = architecture.split(".")[0]
     if not is_model(base):
         raise ValueError(f"timm has no model '{base}' (see timm.list_models('vit_*'))")
-    tag = architecture.split(".", 1)[1] if "." in architecture else getattr(get_pretrained_cfg(base), "tag", None)
-    return _spec(f"timm:{architecture}", base, tag or None, None, "any timm ViT; timm's default preprocessing")
+    tag = (
+        architecture.split(".", 1)[1]
+        if "." in architecture
+        else getattr(get_pretrained_cfg(base), "tag", None)
+    )
+    return _spec(
+        f"timm:{architecture}", base, tag or None, None, "any timm ViT; timm's default preprocessing"
+    )
 
 
 register_prefix("timm", generic_timm_spec)
 
-register_backbone(_spec(
-    "vit-b16", "vit_base_patch16_224", "augreg2_in21k_ft_in1k", USAE_VIT_PREPROCESSING,
-    "supervised ViT-B/16 (USAE's 'ViT': timm vit_base_patch16_224, default tag of timm 1.0; usae.md §1.7)",
-))
-register_backbone(_spec(
-    "dinov2-vits14", "vit_small_patch14_dinov2", "lvd142m", USAE_DINOV2_PREPROCESSING,
-    "DINOv2 ViT-S/14 at 224 px: 16x16 patch grid (USAE; usae.md §1.6-1.7)", img_size=224,
-))
-register_backbone(_spec(
-    "dinov2-vitb14", "vit_base_patch14_dinov2", "lvd142m", USAE_DINOV2_PREPROCESSING,
-    "DINOv2 ViT-B/14 at 224 px: 16x16 patch grid", img_size=224,
-))
-register_backbone(_spec(
-    "siglip-vitb16", "vit_base_patch16_siglip_224", "webli", USAE_VIT_PREPROCESSING,
-    "SigLIP ViT-B/16, no CLS token (USAE: vit_base_patch16_siglip_224.webli; usae.md §1.7)",
-))
+register_backbone(
+    _spec(
+        "vit-b16",
+        "vit_base_patch16_224",
+        "augreg2_in21k_ft_in1k",
+        USAE_VIT_PREPROCESSING,
+        "supervised ViT-B/16 (USAE's 'ViT': vit_base_patch16_224, default tag of timm 1.0; usae.md §1.7)",
+    )
+)
+register_backbone(
+    _spec(
+        "dinov2-vits14",
+        "vit_small_patch14_dinov2",
+        "lvd142m",
+        USAE_DINOV2_PREPROCESSING,
+        "DINOv2 ViT-S/14 at 224 px: 16x16 patch grid (USAE; usae.md §1.6-1.7)",
+        img_size=224,
+    )
+)
+register_backbone(
+    _spec(
+        "dinov2-vitb14",
+        "vit_base_patch14_dinov2",
+        "lvd142m",
+        USAE_DINOV2_PREPROCESSING,
+        "DINOv2 ViT-B/14 at 224 px: 16x16 patch grid",
+        img_size=224,
+    )
+)
+register_backbone(
+    _spec(
+        "siglip-vitb16",
+        "vit_base_patch16_siglip_224",
+        "webli",
+        USAE_VIT_PREPROCESSING,
+        "SigLIP ViT-B/16, no CLS token (USAE: vit_base_patch16_siglip_224.webli; usae.md §1.7)",
+    )
+)

