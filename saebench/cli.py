@@ -13,11 +13,14 @@ import sys
 
 COMMAND_MODULES: tuple[str, ...] = (
     "saebench.train.cli",
+    "saebench.acts.cli",
+    "saebench.repro.cli",
+    "saebench.zoo.cli",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="saebench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="saebench", description="Train, evaluate and compare sparse autoencoders on vision models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:

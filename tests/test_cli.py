@@ -15,8 +15,28 @@ PLANTED = "planted:d=16,n_atoms=32,k=2,seed=3"
 
 def test_train_writes_checkpoint_log_and_metrics_then_eval_reads_them(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--arch", "topk", "--k", "2", "--expansion", "2", "--data", PLANTED, "--steps", "20",
-                 "--batch-size", "64", "--eval-rows", "256", "--out", str(out), "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--arch",
+            "topk",
+            "--k",
+            "2",
+            "--expansion",
+            "2",
+            "--data",
+            PLANTED,
+            "--steps",
+            "20",
+            "--batch-size",
+            "64",
+            "--eval-rows",
+            "256",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     sae = load_sae(out / "sae")
     assert sae.architecture == "topk" and sae.n_latents == 32 and sae.config.k == 2
@@ -26,8 +46,19 @@ def test_train_writes_checkpoint_log_and_metrics_then_eval_reads_them(tmp_path, 
     assert train_metrics["n_rows"] == 256 and 0 < train_metrics["l0"] <= 2
     capsys.readouterr()
 
-    code = main(["eval", "--checkpoint", str(out / "sae"), "--data", PLANTED, "--rows", "256",
-                 "--json", str(tmp_path / "eval.json")])
+    code = main(
+        [
+            "eval",
+            "--checkpoint",
+            str(out / "sae"),
+            "--data",
+            PLANTED,
+            "--rows",
+            "256",
+            "--json",
+            str(tmp_path / "eval.json"),
+        ]
+    )
     assert code == 0
     eval_metrics = json.loads((tmp_path / "eval.json").read_text())
     # Same SAE, same held-out rows: the evaluation must agree with the one written after training.
@@ -38,8 +69,22 @@ def test_train_writes_checkpoint_log_and_metrics_then_eval_reads_them(tmp_path, 
 def test_train_on_a_tensor_file(tmp_path):
     rows = np.random.default_rng(0).standard_normal((512, 8)).astype(np.float32)
     np.save(tmp_path / "acts.npy", rows)
-    code = main(["train", "--arch", "relu", "--data", str(tmp_path / "acts.npy"), "--steps", "5",
-                 "--batch-size", "128", "--out", str(tmp_path / "run"), "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--arch",
+            "relu",
+            "--data",
+            str(tmp_path / "acts.npy"),
+            "--steps",
+            "5",
+            "--batch-size",
+            "128",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     assert "mcc" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
 
@@ -49,7 +94,10 @@ def test_train_on_a_tensor_file(tmp_path):
     [
         (["train", "--arch", "nope", "--data", PLANTED, "--out", "x"], "registered architectures: batchtopk"),
         (["train", "--arch", "topk", "--k", "999", "--data", PLANTED, "--out", "x"], "k=999"),
-        (["train", "--arch", "relu", "--data", "planted:colour=3", "--out", "x"], "unknown planted-world field"),
+        (
+            ["train", "--arch", "relu", "--data", "planted:colour=3", "--out", "x"],
+            "unknown planted-world field",
+        ),
         (["train", "--arch", "relu", "--data", "missing.npy", "--out", "x"], "missing.npy does not exist"),
     ],
 )
@@ -63,7 +111,23 @@ def test_user_errors_print_one_line_and_exit_2(argv, message, capsys, tmp_path, 
 
 def test_eval_refuses_data_of_another_width(tmp_path):
     out = tmp_path / "run"
-    main(["train", "--arch", "relu", "--data", PLANTED, "--steps", "2", "--batch-size", "32", "--out", str(out),
-          "--no-progress", "--eval-rows", "64"])
+    main(
+        [
+            "train",
+            "--arch",
+            "relu",
+            "--data",
+            PLANTED,
+            "--steps",
+            "2",
+            "--batch-size",
+            "32",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--eval-rows",
+            "64",
+        ]
+    )
     with pytest.raises(SystemExit, match="width 8 but the SAE expects d_in=16"):
         main(["eval", "--checkpoint", str(out / "sae"), "--data", "planted:d=8,n_atoms=32,k=2"])

@@ -18,7 +18,9 @@ def test_streaming_evaluation_matches_one_shot_metrics():
     with torch.no_grad():
         out = sae(rows)
     assert streamed["n_rows"] == 300 and streamed["n_batches"] == 5
-    assert streamed["fvu_dataset"] == pytest.approx(fvu_dataset(rows, out.x_hat), rel=1e-5)  # fp32 vs fp64 sums
+    assert streamed["fvu_dataset"] == pytest.approx(
+        fvu_dataset(rows, out.x_hat), rel=1e-5
+    )  # fp32 vs fp64 sums
     assert streamed["l0"] == pytest.approx((out.codes != 0).sum(dim=1).float().mean().item())
     assert "mcc" not in streamed
 

@@ -26,7 +26,7 @@ def test_tensor_file_batches_cover_each_epoch_once_and_reshuffle(tmp_path):
     assert not torch.equal(torch.cat(batches[:4]), torch.cat(batches[4:]))  # a new permutation per epoch
     # Resuming at batch 6 gives the same batches as the uninterrupted stream.
     resumed = list(data.batches(batch_size=5, n_batches=2, start_batch=6, seed=1))
-    assert all(torch.equal(a, b) for a, b in zip(resumed, batches[6:]))
+    assert all(torch.equal(a, b) for a, b in zip(resumed, batches[6:], strict=True))
 
 
 def test_bad_files_are_named(tmp_path):

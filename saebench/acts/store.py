@@ -648,7 +648,7 @@ class AlignedStores(Mapping[str, Store]):
     (image, token) in each: the input of a universal SAE (USAE, usae.md §1).
 
     ``stores`` maps a model name to a :class:`Store` or a store folder. Refuses, naming the two stores
-    and the difference, groups whose image count, image order, tokens per image or dataset differ.
+    and the difference, groups whose image count, image order, dataset or token grid differ.
     """
 
     def __init__(self, stores: Mapping[str, Store | str | Path], verify: str = "lazy"):
@@ -683,10 +683,11 @@ class AlignedStores(Mapping[str, Store]):
                     f"{pair} were cached from different datasets ({ref.spec.get('dataset')} vs "
                     f"{store.spec.get('dataset')}); cache every model from the same source"
                 )
-            if store.tokens_per_image != ref.tokens_per_image:
+            if store.tokens_per_image != ref.tokens_per_image or store.token_grid != ref.token_grid:
                 raise StoreMismatchError(
-                    f"{pair} differ in tokens per image: {ref.tokens_per_image} vs {store.tokens_per_image}. "
-                    "Re-cache with a grid resize (`--grid H W`) so every model has the same token grid"
+                    f"{pair} differ in tokens per image: {ref.tokens_per_image} (grid {ref.token_grid}) vs "
+                    f"{store.tokens_per_image} (grid {store.token_grid}). Re-cache with a grid resize "
+                    "(`--grid H W`) so every model has the same token grid"
                 )
 
     def __getitem__(self, name: str) -> Store:

@@ -1,7 +1,8 @@
 """Turn a data spec given on the command line into a stream of ``(batch, d)`` tensors.
 
 Specs:
-    ``planted:d=64,n_atoms=256,k=8,seed=0``  a :class:`~saebench.data.synthetic.PlantedWorld` (any config field)
+    ``planted:d=64,n_atoms=256,k=8,seed=0``  a :class:`~saebench.data.synthetic.PlantedWorld`
+        (any :class:`~saebench.data.synthetic.PlantedWorldConfig` field)
     ``path/to/acts.npy`` | ``.pt`` | ``.safetensors``  one 2-D float tensor ``(n, d)`` held in memory;
         batches are drawn without replacement, reshuffled each epoch (deterministic by seed)
 """
@@ -90,7 +91,7 @@ def _parse_scalar(raw: str) -> object:
 
 
 def load_tensor_file(path: Path) -> torch.Tensor:
-    """Read one 2-D float tensor from ``.npy``, ``.pt`` or ``.safetensors`` (which must hold exactly one tensor)."""
+    """Read one 2-D float tensor from ``.npy``, ``.pt`` or ``.safetensors`` (holding exactly one tensor)."""
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist")
     if path.suffix == ".npy":

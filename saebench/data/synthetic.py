@@ -168,15 +168,9 @@ class PlantedWorld:
         if config is not None and fields:
             raise TypeError("pass either a PlantedWorldConfig or keyword fields, not both")
         self.config = config if config is not None else PlantedWorldConfig(**fields)
-        cfg = self.config
         self.true_atoms = self._make_atoms()
         self.parent_of = self._make_parent_map()
-        hierarchy_children = cfg.hierarchy.n_children if cfg.hierarchy else 0
-        n_parents = cfg.hierarchy.n_parents if cfg.hierarchy else 0
-        # Top-level atoms in index order: parents, then free atoms after the children block.
-        self._top_level = torch.cat(
-            [torch.arange(n_parents), torch.arange(n_parents + hierarchy_children, cfg.n_atoms)]
-        )
+        self._top_level = torch.nonzero(self.parent_of == -1).flatten()  # parents and free atoms, in order
 
     # ----------------------------------------------------------------- structure
     @property

@@ -13,6 +13,15 @@ Pipeline of one forward pass (every architecture)::
 
 The normalisation statistics are buffers, so they are part of the saved state and round-trip with the weights.
 Losses that want the normalised space call :meth:`SAE.normalize` on both ``x`` and ``x_hat``.
+
+Sparse path. An architecture whose codes are ReLU of a *selected* set of pre-activations (the TopK family)
+implements :meth:`SAE.select_latents`; its forward pass then keeps the codes as ``SparseCodes`` and decodes
+only the active rows of ``W_dec``, and the encoder backward touches only the selected entries
+(:mod:`saebench.sae.sparse_decode`). The results equal the dense path's up to float summation order.
+``forward`` still returns dense ``codes`` (built from the sparse ones, not saved for the backward);
+:meth:`SAE.forward_sparse` returns a :class:`SparseSAEOutput` whose dense ``codes`` are built only when read;
+:meth:`SAE.encode_sparse` skips the decoder and the dense codes. Set ``sae.sparse_decoding = False`` to run
+the dense path (a runtime switch, not saved).
 """
 
 from __future__ import annotations
@@ -27,9 +36,12 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import nn
 
+from saebench.sae.sparse_decode import Selection, SparseCodes, affine_select, sparse_decode
+
 __all__ = [
     "SAEConfig",
     "SAEOutput",
+    "SparseSAEOutput",
     "SAE",
     "register_sae",
     "available_architectures",
@@ -53,6 +65,27 @@ class SAEOutput(NamedTuple):
     pre_codes: torch.Tensor
     codes: torch.Tensor
     x_hat: torch.Tensor
+
+
+class SparseSAEOutput(NamedTuple):
+    """What :meth:`SAE.forward_sparse` returns: :class:`SAEOutput` with the codes kept sparse.
+
+    pre_codes:    ``(..., n_latents)`` encoder pre-activations.
+    sparse_codes: :class:`~saebench.sae.sparse_decode.SparseCodes` (differentiable values).
+    x_hat:        ``(..., d_in)`` reconstruction, in the input's space.
+
+    ``codes`` gives the dense ``(..., n_latents)`` codes, built from ``sparse_codes`` at each read (so a loss
+    written against :class:`SAEOutput` still works, with gradients); code that only needs statistics reads
+    ``sparse_codes`` and never builds them.
+    """
+
+    pre_codes: torch.Tensor
+    sparse_codes: SparseCodes
+    x_hat: torch.Tensor
+
+    @property
+    def codes(self) -> torch.Tensor:
+        return self.sparse_codes.to_dense()
 
 
 @dataclass(frozen=True)
@@ -169,6 +202,7 @@ class SAE(nn.Module):
             self.register_buffer("b_dec", torch.zeros(d))
         self.register_buffer("input_mean", torch.zeros(d))
         self.register_buffer("input_scale", torch.ones(d))
+        self.sparse_decoding = True  # use the sparse path where the architecture has one (see the module doc)
 
     # ------------------------------------------------------------------ weights
     @property
@@ -226,6 +260,18 @@ class SAE(nn.Module):
         """The sparsifying non-linearity, ``(..., n_latents) -> (..., n_latents)``; set by each subclass."""
         raise NotImplementedError
 
+    def select_latents(self, pre_codes: torch.Tensor) -> Selection:
+        """Sparse path (TopK family only): the entries of ``(n, n_latents)`` pre-activations that
+        :meth:`activation` keeps, as a :data:`~saebench.sae.sparse_decode.Selection`; the codes are ReLU of
+        the selected values and 0 elsewhere. Called once per forward pass, without gradient tracking. An
+        architecture that does not override it has no sparse path."""
+        raise NotImplementedError(f"{type(self).__name__} has no sparse selection; it runs the dense path")
+
+    @property
+    def uses_sparse_path(self) -> bool:
+        """Whether forward passes take the sparse path: the architecture has one and ``sparse_decoding``."""
+        return self.sparse_decoding and type(self).select_latents is not SAE.select_latents
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., d_in) -> (..., n_latents)`` sparse codes (no decoder work)."""
         self.check_input(x)
@@ -238,10 +284,57 @@ class SAE(nn.Module):
         return self.denormalize(_affine(codes, self.W_dec, self.b_dec))
 
     def forward(self, x: torch.Tensor) -> SAEOutput:
+        if self.uses_sparse_path:
+            out = self.forward_sparse(x)
+            return SAEOutput(pre_codes=out.pre_codes, codes=out.codes, x_hat=out.x_hat)
         self.check_input(x)
         pre = self.pre_activation(x)
         codes = self.activation(pre)
         return SAEOutput(pre_codes=pre, codes=codes, x_hat=self.decode(codes))
+
+    # ------------------------------------------------------------------ sparse path
+    def _encode_selected(self, x: torch.Tensor) -> tuple[torch.Tensor, SparseCodes]:
+        """Sparse-path encoder: ``(..., d_in) -> (pre_codes (..., n_latents), SparseCodes)``."""
+        batch_shape = tuple(x.shape[:-1])
+        x_n = self.normalize(x).reshape(-1, self.d_in)
+        centre = self.b_dec if self.config.pre_encoder_bias else None
+        pre, kept, indices, offsets = affine_select(
+            x_n, centre, self.encoder_weight, self.b_enc, self.select_latents
+        )
+        codes = SparseCodes(torch.relu(kept), indices, offsets, self.n_latents, batch_shape)
+        return pre.view(*batch_shape, self.n_latents), codes
+
+    def encode_sparse(self, x: torch.Tensor) -> SparseCodes:
+        """``(..., d_in) ->`` :class:`~saebench.sae.sparse_decode.SparseCodes`: the codes of :meth:`encode`
+        without the decoder and, on the sparse path, without a dense ``(..., n_latents)`` tensor (other
+        architectures encode densely and keep the non-zeros)."""
+        self.check_input(x)
+        if self.uses_sparse_path:
+            return self._encode_selected(x)[1]
+        return SparseCodes.from_dense(self.activation(self.pre_activation(x)))
+
+    def decode_sparse(self, codes: SparseCodes) -> torch.Tensor:
+        """:class:`~saebench.sae.sparse_decode.SparseCodes` ``-> (..., d_in)``: :meth:`decode` touching only
+        the active decoder rows (forward and backward). Inconsistent codes raise ``ValueError``."""
+        if codes.n_latents != self.n_latents:
+            raise ValueError(f"codes are over {codes.n_latents} latents, this SAE has {self.n_latents}")
+        codes.check()
+        return self._decode_active(codes)
+
+    def _decode_active(self, codes: SparseCodes) -> torch.Tensor:
+        x_hat_n = sparse_decode(codes, self.W_dec) + self.b_dec
+        return self.denormalize(x_hat_n).view(*codes.batch_shape, self.d_in)
+
+    def forward_sparse(self, x: torch.Tensor) -> SparseSAEOutput:
+        """:meth:`forward` with sparse codes (:class:`SparseSAEOutput`); architectures without a sparse path
+        run densely and keep the non-zeros."""
+        self.check_input(x)
+        if self.uses_sparse_path:
+            pre, codes = self._encode_selected(x)
+            return SparseSAEOutput(pre_codes=pre, sparse_codes=codes, x_hat=self._decode_active(codes))
+        pre = self.pre_activation(x)
+        codes = self.activation(pre)
+        return SparseSAEOutput(pre, SparseCodes.from_dense(codes), self.decode(codes))
 
     # -------------------------------------------------------- decoder constraint
     @torch.no_grad()

@@ -5,6 +5,10 @@ Both keep the largest *pre-activations* and apply ReLU to the kept values only. 
 of overcomplete's ``TopKSAE``/``BatchTopKSAE``, which apply ReLU to every pre-activation first and then keep
 the largest: ReLU is monotone, so the kept set is the same up to ties among values that are 0 after ReLU, and
 those contribute 0 either way. Taking top-k first saves a full ``(batch, n_latents)`` ReLU pass.
+
+Both implement :meth:`~saebench.sae.base.SAE.select_latents`, so their forward and backward passes take the
+sparse path of :mod:`saebench.sae.sparse_decode` (decoder and encoder gradients over the active latents only);
+:func:`keep_top_k` / ``activation`` remain the dense definition that the sparse path is tested against.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from saebench.sae.base import SAE, SAEConfig, register_sae
+from saebench.sae.sparse_decode import Selection, csr_selection, row_selection
 
 __all__ = ["TopKSAEConfig", "TopKSAE", "BatchTopKSAEConfig", "BatchTopKSAE", "keep_top_k"]
 
@@ -65,6 +70,11 @@ class TopKSAE(SAE):
     def activation(self, pre_codes: torch.Tensor) -> torch.Tensor:
         return keep_top_k(pre_codes, self.config.k, dim=-1)[0]
 
+    def select_latents(self, pre_codes: torch.Tensor) -> Selection:
+        """The ``k`` largest pre-activations of every row (the entries :meth:`activation` keeps)."""
+        values, indices = pre_codes.topk(self.config.k, dim=-1, sorted=False)
+        return row_selection(values, indices)
+
 
 @dataclass(frozen=True)
 class BatchTopKSAEConfig(SAEConfig):
@@ -112,13 +122,32 @@ class BatchTopKSAE(SAE):
     def activation(self, pre_codes: torch.Tensor) -> torch.Tensor:
         if self.training:
             return self._batch_top_k(pre_codes)
+        self._check_threshold()
+        # threshold >= 0 (it is a ReLU output), so pre >= threshold also drops every pre < 0
+        return pre_codes.masked_fill(pre_codes < self.threshold, 0.0)
+
+    def select_latents(self, pre_codes: torch.Tensor) -> Selection:
+        """Training mode: the ``k * n`` largest entries of the ``(n, n_latents)`` batch (and the threshold
+        update of :meth:`activation`); eval mode: the entries ``>= threshold``."""
+        n_rows, h = pre_codes.shape
+        if self.training:
+            if n_rows == 0:
+                raise ValueError("BatchTopKSAE needs at least one row per training batch")
+            kept, flat = pre_codes.reshape(-1).topk(self.config.k * n_rows, sorted=False)
+            flat, order = flat.sort()
+            kept = kept[order]
+            self._update_threshold(torch.relu(kept).min())
+            return csr_selection(kept, flat // h, flat % h, n_rows)
+        self._check_threshold()
+        rows, indices = (pre_codes >= self.threshold).nonzero(as_tuple=True)
+        return csr_selection(pre_codes[rows, indices], rows, indices, n_rows)
+
+    def _check_threshold(self) -> None:
         if torch.isnan(self.threshold):
             raise RuntimeError(
                 "BatchTopKSAE has no inference threshold yet: run training-mode forward passes first "
                 "(the threshold is estimated during training) or set sae.threshold"
             )
-        # threshold >= 0 (it is a ReLU output), so pre >= threshold also drops every pre < 0
-        return pre_codes.masked_fill(pre_codes < self.threshold, 0.0)
 
     def _batch_top_k(self, pre_codes: torch.Tensor) -> torch.Tensor:
         n_rows = pre_codes.numel() // self.n_latents

@@ -1,6 +1,6 @@
 """The ``saebench train`` and ``saebench eval`` verbs.
 
-``saebench train --arch topk --k 8 --expansion 4 --data planted:d=64,n_atoms=256,k=8 --steps 2000 --out runs/topk``
+``saebench train --arch topk --k 8 --data planted:d=64,n_atoms=256,k=8 --steps 2000 --out runs/topk``
 trains one SAE and writes ``runs/topk/sae.{safetensors,json}``, ``runs/topk/log.jsonl``, checkpoints under
 ``runs/topk/checkpoints/`` (``--resume`` continues from the newest) and ``runs/topk/metrics.json`` (held-out
 evaluation). Under ``torchrun`` every rank reads the same global batches and takes its share.
@@ -30,7 +30,9 @@ ARCHITECTURES_WITH_K = ("topk", "batchtopk")
 def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser("train", help="train one SAE", description=__doc__.split("\n\n")[1])
     train.add_argument("--arch", required=True, help=f"one of {', '.join(available_architectures())}")
-    train.add_argument("--data", required=True, help="planted:FIELD=VALUE,... or a .npy/.pt/.safetensors (n, d) file")
+    train.add_argument(
+        "--data", required=True, help="planted:FIELD=VALUE,... or a .npy/.pt/.safetensors (n, d) file"
+    )
     train.add_argument("--out", required=True, type=Path, help="output folder")
     size = train.add_mutually_exclusive_group()
     size.add_argument("--expansion", type=float, default=4.0, help="n_latents = expansion * d (default 4)")
@@ -45,7 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--schedule", default="cosine", choices=("constant", "cosine"))
     train.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
     train.add_argument("--grad-clip", type=float)
-    train.add_argument("--auxk", type=float, default=0.0, help="AuxK coefficient (topk family; Gao et al. use 1/32)")
+    train.add_argument(
+        "--auxk", type=float, default=0.0, help="AuxK coefficient (topk family; Gao et al. use 1/32)"
+    )
     train.add_argument("--b-dec-init", choices=("zeros", "mean", "geometric_median"))
     train.add_argument("--amp", choices=("bf16", "fp16"), help="autocast dtype (fp32 master weights)")
     train.add_argument("--checkpoint-every", type=int)
@@ -56,8 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(func=run_train)
 
     evaluate = subparsers.add_parser("eval", help="evaluate a saved SAE on data")
-    evaluate.add_argument("--checkpoint", required=True, type=Path, help="path of sae.safetensors (or its stem)")
-    evaluate.add_argument("--data", required=True, help="planted:FIELD=VALUE,... or a .npy/.pt/.safetensors file")
+    evaluate.add_argument(
+        "--checkpoint", required=True, type=Path, help="path of sae.safetensors (or its stem)"
+    )
+    evaluate.add_argument(
+        "--data", required=True, help="planted:FIELD=VALUE,... or a .npy/.pt/.safetensors file"
+    )
     evaluate.add_argument("--rows", type=int, default=8192, help="rows to evaluate on")
     evaluate.add_argument("--batch-size", type=int, default=4096)
     evaluate.add_argument("--json", type=Path, help="also write the metrics here")
@@ -103,7 +111,9 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
     )
-    result = train_sae(sae, data.batches(args.batch_size, args.steps, seed=args.seed), config, loss_fn=_loss_for(args))
+    result = train_sae(
+        sae, data.batches(args.batch_size, args.steps, seed=args.seed), config, loss_fn=_loss_for(args)
+    )
     if not context.is_main:
         return 0
     result.sae.save(args.out / "sae", extra={"data": data.description, "train_config": config.to_dict()})

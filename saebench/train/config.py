@@ -47,7 +47,9 @@ class TrainConfig:
         auxk_k: number of dead latents AuxK uses per token; ``None`` means ``d_in // 2`` (Gao et al. §A.2
             pick a power of two near d_model / 2). Always capped by the number of dead latents.
         ghost_grads: add the ghost-gradient term (Jermyn & Templeton 2024, as in PatchSAE's SAELens code).
-    Precision
+    Precision and speed
+        compile: run the default step's SAE forward through ``torch.compile`` (see ``docs/performance.md``);
+            a custom ``step_fn`` compiles its own modules.
         amp_dtype: ``None`` (fp32), 'bf16' or 'fp16': ``torch.autocast`` around the forward and loss, with
             fp32 master weights; 'fp16' on CUDA also uses a ``GradScaler``.
     Persistence
@@ -76,6 +78,7 @@ class TrainConfig:
     auxk_k: int | None = None
     ghost_grads: bool = False
     amp_dtype: str | None = None
+    compile: bool = False
     checkpoint_every: int | None = None
     checkpoint_dir: str | None = None
     keep_checkpoints: int | None = 2
@@ -104,6 +107,8 @@ class TrainConfig:
         _require_choice(self, "optimizer", OPTIMIZERS)
         _require_choice(self, "schedule", SCHEDULES)
         _require_choice(self, "amp_dtype", AMP_DTYPES)
+        if not isinstance(self.compile, bool):
+            raise TypeError(f"TrainConfig.compile must be True or False, got {self.compile!r}")
         _require_choice(self, "b_dec_init", DECODER_BIAS_INITS)
         if not self.lr > 0:
             raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from saebench.sae.base import SAE
+from saebench.sae.base import SAE, SparseSAEOutput
+from saebench.sae.sparse_decode import SparseCodes
 from saebench.train import distributed
 from saebench.train.auxiliary import DeadLatentTracker, auxk_loss, ghost_grads_loss
 from saebench.train.checkpoint import (
@@ -64,9 +65,10 @@ __all__ = [
 ]
 
 Batch = torch.Tensor | Mapping[str, torch.Tensor]
-ObserveCodes = Callable[[torch.Tensor], torch.Tensor]
-"""Called by a step function with the ``(..., n_latents)`` codes of its batch; records firing (all ranks
-combined), L0 and the dead-latent window, and returns the ``(n_latents,)`` bool dead mask."""
+ObserveCodes = Callable[[torch.Tensor | SparseCodes], torch.Tensor]
+"""Called by a step function with the ``(..., n_latents)`` codes of its batch (dense, or
+:class:`~saebench.sae.sparse_decode.SparseCodes`); records firing (all ranks combined), L0 and the dead-latent
+window, and returns the ``(n_latents,)`` bool dead mask."""
 StepFn = Callable[[SAE, Batch, ObserveCodes], tuple[torch.Tensor, dict[str, float]]]
 """``step_fn(sae, rows, observe_codes) -> (scalar loss to minimise, {term name: float})``."""
 
@@ -110,6 +112,10 @@ class SAEStep:
     (:mod:`saebench.train.auxiliary`) are computed in the SAE's normalised space on the latents that are
     dead after this batch is counted. Logged terms: the loss function's own, plus ``auxk`` (unscaled) and
     ``ghost_grads`` when enabled.
+
+    On the sparse path (TopK family) ``out`` is a :class:`~saebench.sae.base.SparseSAEOutput`: the dead-latent
+    tracking reads the sparse codes, and the dense ``out.codes`` is built only if the loss reads it. With
+    ``config.compile`` the SAE's forward runs through ``torch.compile``.
     """
 
     def __init__(self, loss_fn: LossFn, config: TrainConfig):
@@ -117,6 +123,16 @@ class SAEStep:
         self.auxk_coefficient = config.auxk_coefficient
         self.auxk_k = config.auxk_k
         self.ghost_grads = config.ghost_grads
+        self.compile = config.compile
+        self._compiled: tuple[SAE, bool, Callable] | None = None  # (sae, sparse path?, compiled forward)
+
+    def _forward(self, sae: SAE) -> Callable[[torch.Tensor], Any]:
+        forward = sae.forward_sparse if sae.uses_sparse_path else sae
+        if not self.compile:
+            return forward
+        if self._compiled is None or self._compiled[:2] != (sae, sae.uses_sparse_path):
+            self._compiled = (sae, sae.uses_sparse_path, torch.compile(forward))
+        return self._compiled[2]
 
     def __call__(self, sae: SAE, batch: Batch, observe_codes: ObserveCodes) -> tuple[torch.Tensor, dict]:
         if isinstance(batch, Mapping):
@@ -124,10 +140,10 @@ class SAEStep:
                 f"the default step trains one SAE on (n, d_in) tensors, but the batch is a dict with keys "
                 f"{sorted(batch)}; pass step_fn= for a multi-model SAE"
             )
-        out = sae(batch)
+        out = self._forward(sae)(batch)
         loss, terms = self.loss_fn(batch, out, sae)
         terms = dict(terms)
-        dead_mask = observe_codes(out.codes)
+        dead_mask = observe_codes(out.sparse_codes if isinstance(out, SparseSAEOutput) else out.codes)
         if self.auxk_coefficient > 0 or self.ghost_grads:
             x = sae.normalize(batch).reshape(-1, sae.d_in)
             x_hat = sae.normalize(out.x_hat).reshape(-1, sae.d_in)
@@ -178,6 +194,11 @@ class Trainer:
                 )
         if step_fn is None:
             step_fn = SAEStep(loss_fn if loss_fn is not None else default_loss(sae), config)
+        elif config.compile:
+            raise ValueError(
+                "TrainConfig.compile applies to the default step; a custom step_fn compiles its own modules "
+                "(e.g. torch.compile(sae.forward_sparse)) -- set compile=False"
+            )
         self.step_fn = step_fn
         self.optimizer = build_optimizer(self.params, config)
         self.scheduler = build_scheduler(self.optimizer, config)
@@ -288,21 +309,26 @@ class Trainer:
         self.batches_consumed += 1
         return self._record(step, lr, values, grad_norm)
 
-    def _observe_codes(self, codes: torch.Tensor) -> torch.Tensor:
+    def _observe_codes(self, codes: torch.Tensor | SparseCodes) -> torch.Tensor:
         if self._observed is not None:
             raise RuntimeError(
                 "observe_codes was called twice in one step; call it once with the step's codes"
             )
         h = self.sae.n_latents
-        if codes.shape[-1] != h:
-            raise ValueError(f"observe_codes expects codes of shape (..., {h}), got {tuple(codes.shape)}")
+        width = codes.n_latents if isinstance(codes, SparseCodes) else codes.shape[-1]
+        if width != h:
+            raise ValueError(f"observe_codes expects codes over {h} latents, got {width}")
         with torch.no_grad():
-            nonzero = codes.detach().reshape(-1, h) != 0
+            if isinstance(codes, SparseCodes):
+                per_latent, n_rows = codes.firing_counts(), codes.n_rows
+            else:
+                nonzero = codes.detach().reshape(-1, h) != 0
+                per_latent, n_rows = nonzero.sum(dim=0), nonzero.shape[0]
             counts = torch.cat(
                 [
-                    nonzero.sum(dim=0),
-                    torch.tensor([nonzero.shape[0]], device=nonzero.device),
-                    nonzero.sum().view(1),
+                    per_latent,
+                    torch.tensor([n_rows], device=per_latent.device),
+                    per_latent.sum().view(1),
                 ]
             ).long()
             distributed.all_reduce_sum(counts)

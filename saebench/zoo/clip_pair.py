@@ -89,7 +89,7 @@ def train_clip_tower(
             f"{text.width}; use ViTConfig(n_outputs={text.width})"
         )
     captions, caption_class = caption_bank()
-    bank = text.encode(captions).cpu()  # (n_captions, 384), unit norm
+    bank = text.encode_fixed(captions).cpu()  # (n_captions, 384), unit norm
     counts = torch.bincount(caption_class, minlength=int(train.labels.max()) + 1)
     offsets = torch.cumsum(counts, 0) - counts  # the bank is grouped by class
     scale = LogitScale()
@@ -110,7 +110,7 @@ def zero_shot_weights(text: FrozenTextEncoder, templates: Sequence[str] = ZERO_S
     """``(n_classes, 384)`` unit-norm class embeddings: the normalised mean of each class's prompt
     embeddings."""
     prompts = class_prompts(templates)
-    flat = text.encode([p for per_class in prompts for p in per_class]).cpu()
+    flat = text.encode_fixed([p for per_class in prompts for p in per_class]).cpu()
     per_class = flat.reshape(len(prompts), len(templates), -1).mean(dim=1)
     return F.normalize(per_class, dim=-1)
 

@@ -164,7 +164,8 @@ class MiniTier:
         self.manifest = manifest
 
     def keys(self) -> list[str]:
-        return list(self.manifest["stores"])
+        """The cached store keys, sorted."""
+        return sorted(self.manifest["stores"])
 
     def store(self, key: str) -> Store:
         """The store ``"<backbone>/<hook>/<tokens>"``."""

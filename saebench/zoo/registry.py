@@ -65,7 +65,7 @@ from saebench.zoo.models import (
     parameter_count,
 )
 from saebench.zoo.text import CAPTION_TEMPLATES, CLASS_WORDS, TEXT_MODEL, ZERO_SHOT_TEMPLATES, text_encoder
-from saebench.zoo.train import TrainSettings, accuracy, train_classifier
+from saebench.zoo.train import TrainSettings, accuracy, torch_threads, train_classifier
 
 __all__ = [
     "CACHE_ENV",
@@ -242,7 +242,7 @@ def train_entry(entry: ZooEntry, data_root: str | Path | None = None) -> Trained
         text_encoder() if entry.objective == "clip" else None
     )  # loaded before seeding: loading draws numbers
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch_threads(settings.threads):
         torch.manual_seed(settings.seed)
         model = build_model(entry.model)
         if entry.objective == "classify":
@@ -271,7 +271,6 @@ def train_entry(entry: ZooEntry, data_root: str | Path | None = None) -> Trained
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
-        "torch_threads": torch.get_num_threads(),
     }
     return TrainedModel(entry, model, record)
 

@@ -110,6 +110,7 @@ class FrozenTextEncoder:
         self.model = SentenceTransformer(str(self.path), device=str(device), local_files_only=True)
         self.model.eval().requires_grad_(False)
         self.pad_id = int(self.model.tokenizer.pad_token_id)
+        self._fixed: dict[tuple[str, ...], Tensor] = {}
 
     def tokenize(self, texts: Sequence[str]) -> Tensor:
         """``(N, L)`` int64 token ids, padded with the pad id to the longest text (truncated at 256)."""
@@ -134,6 +135,14 @@ class FrozenTextEncoder:
         _check_texts(texts)
         chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
         return torch.cat([self.encode_ids(self.tokenize(chunk)) for chunk in chunks])
+
+    def encode_fixed(self, texts: Sequence[str]) -> Tensor:
+        """:meth:`encode`, computed once per process for each distinct list (the caption bank and the class
+        prompts are encoded at every training and evaluation)."""
+        key = tuple(texts)
+        if key not in self._fixed:
+            self._fixed[key] = self.encode(key)
+        return self._fixed[key]
 
     def fingerprint(self) -> dict[str, Any]:
         """What determines the embeddings: the model, its package version and the sha256 of its weights."""

@@ -12,9 +12,10 @@ decay to zero, per-step learning rate.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,15 @@ from torch import Tensor, nn
 
 from saebench.zoo.data import LabelledImages, normalize_pixels
 
-__all__ = ["TrainSettings", "lr_factor", "optimise", "train_classifier", "accuracy", "augment"]
+__all__ = [
+    "TrainSettings",
+    "torch_threads",
+    "lr_factor",
+    "optimise",
+    "train_classifier",
+    "accuracy",
+    "augment",
+]
 
 BatchLoss = Callable[[Tensor, torch.Generator], Tensor]
 """``batch_loss(example_indices, generator) -> scalar loss`` for one mini-batch."""
@@ -43,6 +52,9 @@ class TrainSettings:
         train_images: use the first N training images (None: all 60,000).
         test_images: evaluate on the first N test images (None: all 10,000).
         seed: the seed of every random draw.
+        threads: torch CPU threads while training; part of the config because float reductions split over a
+            different number of threads round differently (1 thread: the same bits on any core count, and no
+            spin-waiting when the machine is shared).
     """
 
     epochs: int = 3
@@ -54,9 +66,10 @@ class TrainSettings:
     train_images: int | None = None
     test_images: int | None = None
     seed: int = 0
+    threads: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "threads"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"TrainSettings.{name} must be an int >= 1, got {value!r}")
@@ -65,6 +78,17 @@ class TrainSettings:
                 "TrainSettings needs lr > 0, weight_decay >= 0 and 0 <= warmup_fraction < 1; got "
                 f"lr={self.lr}, weight_decay={self.weight_decay}, warmup_fraction={self.warmup_fraction}"
             )
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(count)``, restoring the previous count after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:

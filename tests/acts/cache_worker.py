@@ -121,6 +121,7 @@ def synthetic_store(
     image_order: Sequence[int] | None = None,
     dataset: str = "synthetic",
     seed: int = 0,
+    token_grid: tuple[int, int] | None = None,
 ) -> Store:
     """A complete store written shard by shard with :class:`StoreWriter`: column 0 of global row ``r`` is
     ``r`` (exact in float32), the other columns are seeded normal noise; image ``j`` has index
@@ -134,9 +135,10 @@ def synthetic_store(
         "dtype": dtype,
         "seed": seed,
         "tokens": tokens_per_image,
+        "grid": token_grid,
     }
     writer = StoreWriter(
-        root, spec, d=d, dtype=dtype, tokens_per_image=tokens_per_image, token_grid=None, layout=layout
+        root, spec, d=d, dtype=dtype, tokens_per_image=tokens_per_image, token_grid=token_grid, layout=layout
     )
     writer.prepare()
     rng = np.random.default_rng(seed)

@@ -204,7 +204,7 @@ def test_aligned_stores_accept_same_images_and_read_the_same_rows(tmp_path):
     assert np.array_equal(rows["a"][:, 0], rows["b"][:, 0].astype(np.float32))
 
 
-def test_aligned_stores_refuse_different_count_order_dataset_or_tokens(tmp_path):
+def test_aligned_stores_refuse_different_count_order_dataset_or_token_grid(tmp_path):
     ref = worker.synthetic_store(tmp_path / "ref")
     fewer = worker.synthetic_store(tmp_path / "fewer", n_images=39)
     shuffled = worker.synthetic_store(tmp_path / "order", image_order=[1, 0, *range(2, 40)])
@@ -218,8 +218,14 @@ def test_aligned_stores_refuse_different_count_order_dataset_or_tokens(tmp_path)
         AlignedStores({"ref": ref, "shuffled": shuffled})
     with pytest.raises(StoreMismatchError, match="different datasets"):
         AlignedStores({"ref": ref, "other": other_data})
-    with pytest.raises(StoreMismatchError, match="tokens per image: 5 vs 7.*grid resize"):
+    with pytest.raises(
+        StoreMismatchError, match=r"tokens per image: 5 \(grid None\) vs 7 \(grid None\).*grid resize"
+    ):
         AlignedStores({"ref": ref, "more": more_tokens})
+    square = worker.synthetic_store(tmp_path / "square", tokens_per_image=4, token_grid=(2, 2))
+    strip = worker.synthetic_store(tmp_path / "strip", tokens_per_image=4, token_grid=(1, 4))
+    with pytest.raises(StoreMismatchError, match=r"4 \(grid \(2, 2\)\) vs 4 \(grid \(1, 4\)\)"):
+        AlignedStores({"square": square, "strip": strip})
 
 
 # ------------------------------------------------------------------------------------ statistics

@@ -14,7 +14,10 @@ TINY_ENTRIES = {
     "zoo-vit": ZooEntry("tiny-vit", ViTConfig(width=16, depth=2, heads=2), TINY_TRAINING),
     "zoo-mlp": ZooEntry("tiny-mlp", MLPConfig(hidden=(32, 16)), TINY_TRAINING),
     "zoo-clip": ZooEntry(
-        "tiny-clip", ViTConfig(width=16, depth=1, heads=2, n_outputs=384), TINY_TRAINING, objective="clip"
+        "tiny-clip",
+        ViTConfig(width=16, depth=1, heads=2, n_outputs=384),
+        TrainSettings(epochs=3, batch_size=64, lr=1e-2, train_images=2048, test_images=200),
+        objective="clip",
     ),
 }
 
@@ -35,6 +38,6 @@ def zoo_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_entries() -> dict[str, ZooEntry]:
     return dict(TINY_ENTRIES)

@@ -35,12 +35,12 @@ def test_training_learns_and_leaves_the_global_rng_alone(tiny_entries, fashion_m
     torch.manual_seed(123)
     entry = tiny_entries["zoo-cnn"]
     entry = dataclasses.replace(
-        entry, training=dataclasses.replace(entry.training, epochs=3, train_images=1024)
+        entry, training=dataclasses.replace(entry.training, epochs=4, train_images=2048)
     )
     trained = train_entry(entry)
     assert torch.equal(torch.rand(3), expected)
-    # 10 balanced-ish classes: chance is ~0.1; three epochs on 1,024 images reach far more (about 0.6)
-    assert trained.accuracy > 0.3
+    # 10 balanced classes: chance is 0.1; 128 steps of this tiny CNN reach several times that
+    assert trained.accuracy > 0.4
     losses = [epoch["loss"] for epoch in trained.record["history"]]
     assert losses[-1] < losses[0]
     assert trained.record["test_data"]["n_images"] == 10_000 and trained.record["test_data"]["first_n"] == 200
