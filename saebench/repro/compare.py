@@ -112,44 +112,41 @@ def _metric(claim: Claim, run: Run) -> float:
     return run.metrics[claim.metric]
 
 
-def evaluate_claim(claim: Claim, result: PipelineResult) -> ClaimOutcome:
-    """Compare one claim with the pipeline result; a bad selector or metric gives ``error``, not a raise."""
-    common = dict(
+def _claim_cells(claim: Claim) -> dict:
+    """The cells that do not depend on the run: what is claimed, where it comes from, how close is enough."""
+    spec = claim.spec
+    reported, tolerance, reason = "passes", "-", ""
+    if isinstance(spec, ValueSpec):
+        reported, tolerance, reason = format_number(spec.value), spec.tolerance.describe(), spec.reason
+    elif isinstance(spec, BoundSpec):
+        reported, reason = f"{spec.op} {format_number(spec.value)}", spec.reason
+    elif isinstance(spec, OrderingSpec):
+        sign = "<" if spec.better_is == "lower" else ">"
+        reported = f"({_selector_label(spec.better)}) {sign} ({_selector_label(spec.worse)})"
+    return dict(
         claim=claim.id,
         kind=claim.kind,
         source=claim.source.describe(),
         file=claim.file,
         metric=claim.metric,
         selector=_selector_label(claim.selector) if claim.kind != "check" else "",
+        reported=reported,
+        tolerance=tolerance,
+        reason=reason,
     )
+
+
+def evaluate_claim(claim: Claim, result: PipelineResult) -> ClaimOutcome:
+    """Compare one claim with the pipeline result; a bad selector or metric gives ``error``, not a raise."""
     try:
         cells = _EVALUATORS[type(claim.spec)](claim, claim.spec, result)
     except ClaimsFileError as exc:
-        return ClaimOutcome(
-            **common,
-            reported=_reported(claim),
-            regenerated="-",
-            tolerance=_tolerance(claim),
-            status="error",
-            detail=str(exc),
-        )
-    return ClaimOutcome(**common, **cells)
+        cells = dict(regenerated="-", status="error", detail=str(exc))
+    return ClaimOutcome(**_claim_cells(claim), **cells)
 
 
-def _reported(claim: Claim) -> str:
-    spec = claim.spec
-    if isinstance(spec, ValueSpec):
-        return format_number(spec.value)
-    if isinstance(spec, BoundSpec):
-        return f"{spec.op} {format_number(spec.value)}"
-    if isinstance(spec, OrderingSpec):
-        sign = "<" if spec.better_is == "lower" else ">"
-        return f"({_selector_label(spec.better)}) {sign} ({_selector_label(spec.worse)})"
-    return "passes"
-
-
-def _tolerance(claim: Claim) -> str:
-    return claim.spec.tolerance.describe() if isinstance(claim.spec, ValueSpec) else "-"
+def _verdict(passed: bool) -> str:
+    return "pass" if passed else "fail"
 
 
 def _evaluate_value(claim: Claim, spec: ValueSpec, result: PipelineResult) -> dict:
@@ -165,13 +162,7 @@ def _evaluate_value(claim: Claim, spec: ValueSpec, result: PipelineResult) -> di
     if not math.isfinite(value):
         detail = f"regenerated value is {value}"
     return dict(
-        reported=format_number(spec.value),
-        regenerated=format_number(value),
-        tolerance=spec.tolerance.describe(),
-        status="pass" if passed else "fail",
-        detail=detail,
-        regenerated_value=value,
-        reason=spec.reason,
+        regenerated=format_number(value), status=_verdict(passed), detail=detail, regenerated_value=value
     )
 
 
@@ -181,13 +172,7 @@ def _evaluate_bound(claim: Claim, spec: BoundSpec, result: PipelineResult) -> di
     verdict = "holds" if passed else "violated"
     detail = f"{claim.metric} = {value:.6g}; bound {spec.op} {spec.value:.6g} {verdict}"
     return dict(
-        reported=f"{spec.op} {format_number(spec.value)}",
-        regenerated=format_number(value),
-        tolerance="-",
-        status="pass" if passed else "fail",
-        detail=detail,
-        regenerated_value=value,
-        reason=spec.reason,
+        regenerated=format_number(value), status=_verdict(passed), detail=detail, regenerated_value=value
     )
 
 
@@ -201,13 +186,8 @@ def _evaluate_ordering(claim: Claim, spec: OrderingSpec, result: PipelineResult)
         f"{claim.metric}: ({_selector_label(spec.better)}) {better:.6g} {sign} "
         f"({_selector_label(spec.worse)}) {worse:.6g}; {spec.better_is} is better"
     )
-    return dict(
-        reported=_reported(claim),
-        regenerated=f"{format_number(better)} {sign} {format_number(worse)}",
-        tolerance="-",
-        status="pass" if passed else "fail",
-        detail=detail,
-    )
+    regenerated = f"{format_number(better)} {sign} {format_number(worse)}"
+    return dict(regenerated=regenerated, status=_verdict(passed), detail=detail)
 
 
 def _evaluate_check(claim: Claim, spec: CheckSpec, result: PipelineResult) -> dict:
@@ -217,13 +197,7 @@ def _evaluate_check(claim: Claim, spec: CheckSpec, result: PipelineResult) -> di
             f"it reported: {', '.join(sorted(result.checks)) or 'none'}"
         )
     check = result.checks[spec.name]
-    return dict(
-        reported="passes",
-        regenerated="pass" if check.passed else "fail",
-        tolerance="-",
-        status="pass" if check.passed else "fail",
-        detail=check.detail,
-    )
+    return dict(regenerated=_verdict(check.passed), status=_verdict(check.passed), detail=check.detail)
 
 
 _EVALUATORS = {
@@ -242,22 +216,7 @@ def compare_claims(claims: Iterable[Claim], result: PipelineResult) -> list[Clai
 def skipped_outcomes(claims: Iterable[Claim], missing: Sequence[str]) -> list[ClaimOutcome]:
     """Outcomes for claims of a tier that cannot run here; the detail names everything to supply."""
     detail = "needs " + "; ".join(missing)
-    return [
-        ClaimOutcome(
-            claim=c.id,
-            kind=c.kind,
-            source=c.source.describe(),
-            reported=_reported(c),
-            regenerated="-",
-            tolerance=_tolerance(c),
-            status="skipped",
-            detail=detail,
-            file=c.file,
-            metric=c.metric,
-            selector=_selector_label(c.selector) if c.kind != "check" else "",
-        )
-        for c in claims
-    ]
+    return [ClaimOutcome(**_claim_cells(c), regenerated="-", status="skipped", detail=detail) for c in claims]
 
 
 def status_cell(outcome: ClaimOutcome | Mapping, not_run: bool = False) -> str:

@@ -87,7 +87,8 @@ def sae_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
     return sorted(
-        rows, key=lambda r: (r["paper"], r["tier"], r["seed"], r["sae"], r["backbone"], r["settings"])
+        rows,
+        key=lambda r: (r["paper"], TIERS.index(r["tier"]), r["seed"], r["sae"], r["backbone"], r["settings"]),
     )
 
 

@@ -143,7 +143,7 @@ class Reproduction:
         claims = load_claims(display_path(self.claims_path))
         if claims.paper != self.name:
             raise ClaimsFileError(
-                self.claims_path,
+                display_path(self.claims_path),
                 None,
                 f"'paper: {claims.paper}' does not match the folder name {self.name!r}",
             )
@@ -175,13 +175,15 @@ class Reproduction:
         return data
 
     def pipeline(self) -> ModuleType:
-        """Import ``pipeline.py`` afresh, as ``saebench_reproductions.<paper>.pipeline``."""
+        """Import ``pipeline.py`` afresh as ``saebench_reproductions.<paper>.pipeline``: papers never
+        collide, and ``from . import helpers`` finds a sibling ``helpers.py``."""
         path = self.folder / "pipeline.py"
         if not path.is_file():
             raise ReproductionError(
                 f"{self.folder} has no pipeline.py (it must define run(tier, config, seed, workdir))"
             )
-        module_name = f"saebench_reproductions.{self.name}.pipeline"
+        package = _folder_package(self.name, self.folder)
+        module_name = f"{package}.pipeline"
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
@@ -193,6 +195,22 @@ class Reproduction:
         if not callable(getattr(module, "run", None)):
             raise ReproductionError(f"{path} must define run(tier, config, seed, workdir) -> PipelineResult")
         return module
+
+
+def _folder_package(paper: str, folder: Path) -> str:
+    """Register ``saebench_reproductions.<paper>`` as a package rooted at ``folder``; return its name."""
+    root = "saebench_reproductions"
+    if root not in sys.modules:
+        sys.modules[root] = _package(root, [])
+    name = f"{root}.{paper}"
+    sys.modules[name] = _package(name, [str(folder)])
+    return name
+
+
+def _package(name: str, path: list[str]) -> ModuleType:
+    module = ModuleType(name)
+    module.__path__ = path
+    return module
 
 
 def load_reproduction(folder: str | Path) -> Reproduction:

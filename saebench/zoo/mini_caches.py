@@ -36,7 +36,7 @@ from saebench.acts.backbones.core import Backbone
 from saebench.acts.backbones.registry import load_backbone
 from saebench.acts.cache import cache_activations
 from saebench.acts.sources import FashionMNISTSource, subset
-from saebench.acts.store import AlignedStores, Store, StoreMismatchError
+from saebench.acts.store import AlignedStores, Store
 from saebench.acts.tokens import selected_token_indices
 from saebench.zoo.registry import (
     ENTRIES,
@@ -56,7 +56,6 @@ __all__ = [
     "ALIGNED_STORES",
     "PLANS",
     "MiniTier",
-    "aligned_stores",
     "cache_mini_tier",
     "open_mini_tier",
     "manifest_path",
@@ -138,24 +137,6 @@ def manifest_path(out_root: str | Path, plan: str) -> Path:
     return Path(out_root) / f"mini-tier-{plan}.json"
 
 
-def aligned_stores(stores: Mapping[str, Store]) -> AlignedStores:
-    """Open ``stores`` (model name -> store) as one aligned group (USAE's input).
-
-    Refuses (``StoreMismatchError``, naming the stores) groups whose token grids differ (e.g. 7×7 against
-    14×14, or a grid against pooled rows), then whose image count or image order differ (checked by
-    :class:`~saebench.acts.store.AlignedStores`).
-    """
-    (ref_name, ref), *others = stores.items()
-    for name, store in others:
-        if store.token_grid != ref.token_grid:
-            raise StoreMismatchError(
-                f"stores {ref_name!r} ({ref.path}) and {name!r} ({store.path}) have different token grids: "
-                f"{ref.token_grid} vs {store.token_grid}. Cache every model at hooks with the same grid, or "
-                "resize the patch grid when caching (`saebench cache --grid H W`)"
-            )
-    return AlignedStores(stores)
-
-
 class MiniTier:
     """The stores of one cached plan, read back from its manifest (see :func:`open_mini_tier`)."""
 
@@ -174,8 +155,9 @@ class MiniTier:
         return Store(self.root / self.manifest["stores"][key]["folder"])
 
     def aligned(self) -> AlignedStores:
-        """The aligned group (backbone name -> store), checked by :func:`aligned_stores`."""
-        return aligned_stores({key.split("/")[0]: self.store(key) for key in self.manifest["aligned"]})
+        """The aligned group, backbone name -> store: the same images in the same order on the same token grid
+        (:class:`~saebench.acts.store.AlignedStores` refuses anything else, naming the stores that differ)."""
+        return AlignedStores({key.split("/")[0]: self.store(key) for key in self.manifest["aligned"]})
 
 
 def open_mini_tier(out_root: str | Path | None = None, plan: str = "mini") -> MiniTier:

@@ -77,6 +77,7 @@ def test_skipped_tier_record_names_what_is_missing(fake_root, tmp_path):
         "fake ViT weights: set SAEBENCH_FAKE_WEIGHTS to its path (SAEBENCH_FAKE_WEIGHTS is not set)"
     ]
     assert record["claims"][0]["detail"] == "needs " + record["missing"][0]
+    assert record["claims"][0]["reason"] == "seed spread reported in the paper"  # the claim's own cells stay
 
 
 def test_a_skip_never_replaces_the_record_of_a_real_run(fake_root, tmp_path, monkeypatch):
@@ -114,6 +115,16 @@ def test_pipeline_breaking_its_contract_is_named(kit, tmp_path, monkeypatch):
         ReproductionError, match=r"pipeline.py must define run\(tier, config, seed, workdir\)"
     ):
         load_reproduction(folder).pipeline()
+
+
+def test_a_pipeline_may_import_its_siblings(kit, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pipeline = "from .helpers import RESULT\n\n\ndef run(tier, config, seed, workdir):\n    return RESULT\n"
+    folder = kit.write(tmp_path, "sibling", [], {"toy": {}}, pipeline=pipeline)
+    (folder / "helpers.py").write_text(
+        "from saebench.repro.pipeline import PipelineResult\n\nRESULT = PipelineResult(runs=[])\n"
+    )
+    assert run_reproduction(load_reproduction(folder), "toy").record["status"] == "ran"
 
 
 def test_read_records_sorts_and_validates(tmp_path):
