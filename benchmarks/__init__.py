@@ -1,1 +1,2 @@
-"""Performance benchmarks. Each writes JSON under results/bench/; run them with `python -m benchmarks.<name>`."""
+"""Performance benchmarks. ``python -m benchmarks`` runs them all and writes results/bench/*.json plus
+results/bench/README.md; each also runs alone as ``python -m benchmarks.<name>``."""

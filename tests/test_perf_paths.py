@@ -64,8 +64,8 @@ def test_sparse_training_matches_dense_training_with_auxk_and_dead_latents(archi
 def test_bf16_autocast_training_reaches_the_fp32_metrics_with_fp32_master_weights():
     """bf16 keeps 8 significant bits (relative rounding 2^-8 = 0.4%) in the matmuls, so each step's gradient
     is perturbed by about that much and the two runs drift apart slightly; on this world the held-out FVU
-    differs by under 1e-3. 0.02 (about 10% of the final FVU) leaves room for that drift and fails if bf16 training
-    does not train (the FVU then stays near 1)."""
+    differs by under 1e-3. 0.02 (about 10% of the final FVU) leaves room for that drift and fails if bf16
+    training does not train (the FVU then stays near 1)."""
     held_out = _world().sample(2048, stream=1).x
     results = {}
     for amp in (None, "bf16"):
@@ -104,6 +104,7 @@ def _rows(n_batches: int, batch_size: int = 4096):
         yield torch.randn(batch_size, 8, generator=generator) * 2.0 + 0.5
 
 
+@pytest.mark.slow  # a million rows through both evaluators: 6 s on an idle 2-core runner, 15 s under load
 def test_evaluator_streams_a_million_rows_without_building_dense_codes(monkeypatch):
     """2^20 rows through a TopK SAE: the sparse evaluator never densifies the codes nor runs the dense
     decoder, and every metric equals the dense evaluator's (reconstruction sums to 1e-6 relative: float32 rows

@@ -1,5 +1,6 @@
 """SAE architectures. Importing this package registers every built-in architecture by name."""
 
+from saebench.sae.archetypal import ArchetypalSAE  # noqa: F401 (registers archetypal, topk_mlp, equivariant)
 from saebench.sae.base import (
     SAE,
     CheckpointArchitectureError,
@@ -12,6 +13,7 @@ from saebench.sae.base import (
     save_sae,
 )
 from saebench.sae.jumprelu import JumpReLUSAE, JumpReLUSAEConfig
+from saebench.sae.matryoshka import MatryoshkaSAE, MatryoshkaSAEConfig
 from saebench.sae.relu import ReLUSAE, ReLUSAEConfig
 from saebench.sae.topk import BatchTopKSAE, BatchTopKSAEConfig, TopKSAE, TopKSAEConfig
 
@@ -33,4 +35,6 @@ __all__ = [
     "BatchTopKSAEConfig",
     "JumpReLUSAE",
     "JumpReLUSAEConfig",
+    "MatryoshkaSAE",
+    "MatryoshkaSAEConfig",
 ]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saebench.acts.backbones import Preprocessing
+from saebench.acts.backbones.preprocessing import Preprocessing
 from saebench.acts.sources import FashionMNISTSource
 
 __all__ = [

@@ -219,9 +219,9 @@ def cache_mini_tier(
     for role in dict.fromkeys(store.backbone for store in plan.stores):
         start = time.perf_counter()
         backbone = _backbone(role, trained)
-        stores = [store for store in plan.stores if store.backbone == role]
-        shared = SharedForward(backbone, [store.hook for store in stores])
-        for tokens, group in _passes(backbone, stores):
+        passes = _passes(backbone, [store for store in plan.stores if store.backbone == role])
+        shared = SharedForward(backbone, [[store.hook for store in group] for _, group in passes])
+        for tokens, group in passes:
             result = cache_activations(
                 shared,
                 source,

@@ -238,9 +238,8 @@ def train_entry(entry: ZooEntry, data_root: str | Path | None = None) -> Trained
     settings = entry.training
     train = load_fashion_mnist("train", settings.train_images, data_root)
     test = load_fashion_mnist("test", settings.test_images, data_root)
-    text = (
-        text_encoder() if entry.objective == "clip" else None
-    )  # loaded before seeding: loading draws numbers
+    # the text tower loads before the seed is set: building it draws random numbers
+    text = text_encoder() if entry.objective == "clip" else None
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]), torch_threads(settings.threads):
         torch.manual_seed(settings.seed)

@@ -114,11 +114,13 @@ def optimise(
     settings: TrainSettings,
     n_examples: int,
     batch_loss: BatchLoss,
+    on_epoch: Callable[[int], dict[str, float]] | None = None,
 ) -> list[dict[str, float]]:
     """Minimise ``batch_loss`` over shuffled mini-batches of ``range(n_examples)`` for ``settings.epochs``.
 
     ``modules`` are put in train mode and their parameters trained together. Returns one log per epoch
-    (``epoch``, mean ``loss``, ``seconds``).
+    (``epoch``, mean ``loss``, ``seconds``), updated with what ``on_epoch(epoch)`` returns (called after each
+    epoch, e.g. to measure a held-out accuracy; it must not draw random numbers from the training generator).
     """
     modules = list(modules)
     decay, no_decay = [], []
@@ -153,6 +155,10 @@ def optimise(
         history.append(
             {"epoch": epoch, "loss": sum(losses) / len(losses), "seconds": time.perf_counter() - start}
         )
+        if on_epoch is not None:
+            history[-1].update(on_epoch(epoch))
+            for module in modules:
+                module.train()
     for module in modules:
         module.eval()
     return history

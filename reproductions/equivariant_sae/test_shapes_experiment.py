@@ -1,0 +1,71 @@
+"""Smoke test of the mini tier's Shapes experiment at a tiny size: every stage runs and writes its outputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from saebench.repro.pipeline import load_reproduction
+
+TINY = {
+    "experiment": "shapes",
+    "shapes": {"image_size": 12, "n_samples": 48, "radii": [2, 3]},
+    "autoencoders": ["mlp", "cnn"],
+    "ae": {"latent_dim": 16, "epochs": 1, "lr": 0.001},
+    "group_action": {"epochs": 1, "lr": 0.001, "all_powers": True},
+    "batch_size": 8,
+    "torch_threads": 1,
+    "train": {"total_steps": 4, "lr": 0.003},
+    "probes": {"trunc_lengths": [2], "kinds": ["logistic"]},
+    "saes": [
+        {"name": "vanilla", "architecture": "topk_mlp", "n_latents": 8, "k": 2, "encoder_hidden": 8},
+        {
+            "name": "equivariant",
+            "architecture": "equivariant",
+            "loss_type": "canonical",
+            "n_latents": 8,
+            "k": 2,
+            "encoder_hidden": 8,
+        },
+        {
+            "name": "archetypal",
+            "architecture": "archetypal",
+            "n_latents": 8,
+            "k": 2,
+            "encoder_hidden": 8,
+            "n_clusters": 8,
+        },
+    ],
+}
+
+
+def test_shapes_experiment_runs_end_to_end(tmp_path):
+    pipeline = load_reproduction(__file__.rsplit("/", 1)[0]).pipeline()
+    threads = torch.get_num_threads()
+    result = pipeline.run("mini", TINY, 0, tmp_path)
+    assert torch.get_num_threads() == threads  # restored
+    names = [(r.fields["backbone"], r.fields["name"]) for r in result.runs]
+    assert names == [
+        (arch, name)
+        for arch in ("mlp", "cnn")
+        for name in ("group-action", "vanilla", "equivariant", "archetypal")
+    ]
+    for run in result.runs:
+        assert all(math.isfinite(v) for v in run.metrics.values())
+        if run.fields["name"] != "group-action":
+            assert {"fvu", "l0", "f1_logistic_n2"} <= set(run.metrics)
+    assert (
+        (tmp_path / "probe_results" / "results_cnn_equivariant.csv")
+        .read_text()
+        .startswith("task,kind,trunc_length,f1")
+    )
+
+
+def test_unknown_autoencoder():
+    from saebench.repro.pipeline import load_reproduction as load
+
+    pipeline = load(__file__.rsplit("/", 1)[0]).pipeline()
+    with pytest.raises(ValueError, match="unknown autoencoder architecture"):
+        pipeline.run("mini", {**TINY, "autoencoders": ["vit"]}, 0, "/tmp")
