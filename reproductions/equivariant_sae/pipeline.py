@@ -45,14 +45,9 @@ from .shapes_experiment import run_shapes
 
 
 def run(tier: str, config: dict[str, Any], seed: int, workdir: Path) -> PipelineResult:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.get("torch_threads", threads))
-    try:
-        if config.get("experiment", "orbit_toy") == "shapes":
-            return PipelineResult(runs=run_shapes(config, seed, Path(workdir)), device="cpu")
-        return _toy(config, seed)
-    finally:
-        torch.set_num_threads(threads)
+    if config.get("experiment", "orbit_toy") == "shapes":
+        return PipelineResult(runs=run_shapes(config, seed, Path(workdir)), device="cpu")
+    return _toy(config, seed)
 
 
 def _group_action_run(world: OrbitWorld, spec: dict[str, Any], eval_orbits: torch.Tensor, seed: int):

@@ -10,7 +10,8 @@ For each autoencoder architecture in ``autoencoders`` (README ``--ae-architectur
 4. on the second half: ``fvu`` over every member (equivariant SAEs: ``M^p D(z)``), ``l0``, and probes
    (:func:`saebench.metrics.probing.run_probes`) on the codes of every member with that member's labels;
    metrics ``f1_<kind>_n<len>`` (mean over tasks), ``f1_invariant_...`` (shape, colour, size tasks) and
-   ``f1_oriented_...`` (orientation, quadrant tasks). The rows are also written to
+   ``f1_oriented_...`` (orientation, quadrant tasks); ``probes.factors`` limits the factors probed (all five
+   by default). The rows are also written to
    ``<workdir>/probe_results/results_<arch>_<name>.csv`` (the authors' ``results_<n>.csv`` layout).
 """
 
@@ -60,6 +61,9 @@ def _build_sae(spec: dict[str, Any], d: int, members: torch.Tensor, matrix: torc
         sae.set_group_action(matrix)
     elif spec["architecture"] == "archetypal":
         sae = create_sae("archetypal", **options, n_candidates=spec["n_clusters"])
+        # centre the inputs: the latents sit far from the origin, and atoms built from uncentred centroids
+        # overshoot so much at the start that every code dies (NOTES.md)
+        sae.set_input_normalization(members.mean(dim=0), 1.0)
         sae.set_candidates(kmeans_candidates(members, spec["n_clusters"], seed=seed))
     else:
         sae = create_sae(spec["architecture"], **options)
@@ -90,8 +94,10 @@ def run_shapes(config: dict[str, Any], seed: int, workdir: Path) -> list[Run]:
     images, labels = world.orbits()
     half = len(world) // 2
     test_labels = {k: v[half:].reshape(-1) for k, v in labels.items()}
-    tasks = factor_probe_tasks(world.n_values, single=INVARIANT_FACTORS + ORIENTED_FACTORS)
     probes = config["probes"]
+    tasks = factor_probe_tasks(
+        world.n_values, single=probes.get("factors", INVARIANT_FACTORS + ORIENTED_FACTORS)
+    )
     base = TrainConfig(**config["train"], seed=seed, progress=False)
     runs = []
     for arch in config["autoencoders"]:

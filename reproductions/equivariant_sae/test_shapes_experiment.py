@@ -18,7 +18,7 @@ TINY = {
     "batch_size": 8,
     "torch_threads": 1,
     "train": {"total_steps": 4, "lr": 0.003},
-    "probes": {"trunc_lengths": [2], "kinds": ["logistic"]},
+    "probes": {"trunc_lengths": [2], "kinds": ["logistic"], "factors": ["colour", "quadrant"]},
     "saes": [
         {"name": "vanilla", "architecture": "topk_mlp", "n_latents": 8, "k": 2, "encoder_hidden": 8},
         {
@@ -41,6 +41,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow  # 6-50 s on a busy 2-core machine, mostly first imports (sklearn, torch optimizers)
 def test_shapes_experiment_runs_end_to_end(tmp_path):
     pipeline = load_reproduction(__file__.rsplit("/", 1)[0]).pipeline()
     threads = torch.get_num_threads()
@@ -64,8 +65,6 @@ def test_shapes_experiment_runs_end_to_end(tmp_path):
 
 
 def test_unknown_autoencoder():
-    from saebench.repro.pipeline import load_reproduction as load
-
-    pipeline = load(__file__.rsplit("/", 1)[0]).pipeline()
+    pipeline = load_reproduction(__file__.rsplit("/", 1)[0]).pipeline()
     with pytest.raises(ValueError, match="unknown autoencoder architecture"):
         pipeline.run("mini", {**TINY, "autoencoders": ["vit"]}, 0, "/tmp")

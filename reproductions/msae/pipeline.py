@@ -31,7 +31,6 @@ full-output reconstructions).
 
 from __future__ import annotations
 
-import dataclasses
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -53,40 +52,10 @@ from saebench.metrics.probe_agreement import (
 from saebench.metrics.reconstruction import cosine_similarity_mean, fvu_per_sample_mean
 from saebench.metrics.sparsity import sparsity_fraction
 from saebench.repro.pipeline import CheckResult, PipelineResult, Run
+from saebench.repro.sae_sweep import train_sae_specs
 from saebench.repro.tiers import MissingRequirement
-from saebench.sae import SAE, create_sae
-from saebench.train import TrainConfig, train_sweep
-from saebench.train.losses import default_loss, relu_l1_loss
-
-
-def _build_sae(spec: dict[str, Any], d: int, device: str) -> tuple[SAE, Any, dict[str, Any]]:
-    """The SAE, its loss and its run fields for one ``saes`` entry."""
-    architecture, n_latents = spec["architecture"], spec["n_latents"]
-    fields: dict[str, Any] = {
-        "name": spec["name"],
-        "sae": architecture,
-        "backbone": "planted-hierarchy",
-        "n_latents": n_latents,
-    }
-    if architecture == "relu":
-        sae = create_sae("relu", d_in=d, n_latents=n_latents)
-        loss = relu_l1_loss(spec["l1_coefficient"])
-        fields["l1_coefficient"] = spec["l1_coefficient"]
-    elif architecture == "matryoshka":
-        sae = create_sae(
-            "matryoshka",
-            d_in=d,
-            n_latents=n_latents,
-            k_levels=tuple(spec["k_levels"]),
-            weighting=spec["weighting"],
-        )
-        loss = default_loss(sae)
-        fields.update(weighting=spec["weighting"], k=sae.inference_k)
-    else:
-        sae = create_sae(architecture, d_in=d, n_latents=n_latents, k=spec["k"])
-        loss = default_loss(sae)
-        fields["k"] = spec["k"]
-    return sae.to(device), loss, fields
+from saebench.sae import SAE
+from saebench.sae.matryoshka import MatryoshkaSAE
 
 
 def _hierarchy_recovery(world: PlantedWorld, sae: SAE) -> dict[str, float]:
@@ -170,25 +139,26 @@ def run(tier: str, config: dict[str, Any], seed: int, workdir: Path) -> Pipeline
             "msae full: the CLIP-embedding training path of this tier is not written yet (NOTES.md, "
             "'Not done'); the configs and claims are in place for it"
         )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.get("torch_threads", threads))
-    try:
-        return _train_and_evaluate(config, seed)
-    finally:
-        torch.set_num_threads(threads)
+    return _train_and_evaluate(config, seed)
 
 
 def _train_and_evaluate(config: dict[str, Any], seed: int) -> PipelineResult:
     device = config.get("device", "cpu")
     world = PlantedWorld(PlantedWorldConfig(**config["world"], seed=seed))
-    torch.manual_seed(seed)
-    saes, losses, fields = {}, {}, {}
-    for spec in config["saes"]:
-        saes[spec["name"]], losses[spec["name"]], fields[spec["name"]] = _build_sae(spec, world.d, device)
-    base = TrainConfig(**config["train"], seed=seed, progress=False)
-    train_configs = {s["name"]: dataclasses.replace(base, **s.get("train", {})) for s in config["saes"]}
-    steps = max(c.total_steps for c in train_configs.values())
-    train_sweep(saes, world.batches(config["batch_size"], steps), train_configs, loss_fns=losses)
+    members = train_sae_specs(
+        config["saes"],
+        lambda steps: world.batches(config["batch_size"], steps),
+        world.d,
+        config["train"],
+        seed,
+        device,
+        backbone="planted-hierarchy",
+    )
+    for member in members.values():
+        if isinstance(member.sae, MatryoshkaSAE):  # its "k" is the first level's, the default inference k
+            member.fields["k"] = member.sae.inference_k
+    saes = {name: member.sae for name, member in members.items()}
+    fields = {name: member.fields for name, member in members.items()}
 
     sample = world.sample(config["eval_rows"])
     held_out = sample.x.to(device)

@@ -62,12 +62,7 @@ def run(tier: str, config: dict[str, Any], seed: int, workdir: Path) -> Pipeline
             f"usae {tier}: only the toy tier's pipeline is written; caching SigLIP/DINOv2/ViT patch tokens "
             "and training on them is not (reproductions/usae/NOTES.md, 'Not done')"
         )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.get("torch_threads", threads))
-    try:
-        return _train_and_evaluate(config, seed)
-    finally:
-        torch.set_num_threads(threads)
+    return _train_and_evaluate(config, seed)
 
 
 def _concept_latents(world: MultiModelWorld, usae: UniversalSAE) -> torch.Tensor:

@@ -5,10 +5,14 @@ Shared by ``saebench reproduce`` and the pytest plugin, so both run the same cod
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from saebench.repro.compare import ClaimOutcome, compare_claims, skipped_outcomes
 from saebench.repro.pipeline import PipelineResult, Reproduction, ReproductionError, display_path
@@ -45,6 +49,19 @@ def default_workdir(paper: str, tier: str, seed: int) -> Path:
     return Path(".saebench_cache") / "repro" / f"{paper}-{tier}-seed{seed}"
 
 
+@contextlib.contextmanager
+def torch_threads(config: dict) -> Iterator[None]:
+    """Run with ``config["torch_threads"]`` CPU threads (when set), restoring torch's setting afterwards.
+    Small pipelines set 1: on a busy 2-core machine, oversubscribed threads made the planted toy run 14x
+    slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(config.get("torch_threads", previous))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def run_reproduction(
     reproduction: Reproduction,
     tier: str,
@@ -65,7 +82,8 @@ def run_reproduction(
         workdir = Path(workdir) if workdir is not None else default_workdir(reproduction.name, tier, seed)
         workdir.mkdir(parents=True, exist_ok=True)
         try:
-            result = reproduction.pipeline().run(tier, copy.deepcopy(config), seed, workdir)
+            with torch_threads(config):
+                result = reproduction.pipeline().run(tier, copy.deepcopy(config), seed, workdir)
         except MissingRequirement as exc:
             missing = [str(exc)]
         else:

@@ -58,6 +58,9 @@ class ArchetypalSAEConfig(TopKSAEConfig):
     use_multiplier: learn the scalar ``exp(multiplier)`` scale of the atoms (overcomplete default True).
     encoder_hidden: 0 for a linear encoder, else the hidden width of the nonlinear encoder.
     ``normalize_decoder`` must stay False: the archetypal constraint replaces unit-norm atoms.
+    No decoder bias (and so no pre-encoder bias) by default, as overcomplete's RA-SAE: the atoms are built
+    from data points, mean included, so a learned ``b_dec`` on top double-counts the mean (with ``b_dec``
+    initialised to the data mean, every code died on our Shapes latents).
     """
 
     n_candidates: int = field(kw_only=True)
@@ -65,6 +68,8 @@ class ArchetypalSAEConfig(TopKSAEConfig):
     use_multiplier: bool = field(default=True, kw_only=True)
     encoder_hidden: int = field(default=0, kw_only=True)
     normalize_decoder: bool = False
+    pre_encoder_bias: bool = False
+    decoder_bias: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

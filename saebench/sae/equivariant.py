@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from saebench.sae.base import SAE, register_sae
-from saebench.sae.topk import TopKSAEConfig, keep_top_k
+from saebench.sae.topk import TopKSAE, TopKSAEConfig
 
 __all__ = [
     "LOSS_TYPES",
@@ -77,7 +77,7 @@ class MLPTopKSAEConfig(TopKSAEConfig):
 
 
 @register_sae("topk_mlp")
-class MLPTopKSAE(SAE):
+class MLPTopKSAE(TopKSAE):
     """TopK SAE with a nonlinear encoder (the README's vanilla SAE):
     ``pre = x_c @ W_enc + b_enc + mlp(x_c)`` with ``x_c = x_n - b_dec``; ``codes = keep_top_k(pre, k)``.
 
@@ -99,9 +99,6 @@ class MLPTopKSAE(SAE):
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
         return super().pre_activation(x) + self.encoder(centred_input(self, x))
-
-    def activation(self, pre_codes: torch.Tensor) -> torch.Tensor:
-        return keep_top_k(pre_codes, self.config.k, dim=-1)[0]
 
 
 @dataclass(frozen=True)
@@ -147,10 +144,6 @@ class EquivariantSAE(MLPTopKSAE):
         if not torch.isfinite(matrix).all():
             raise ValueError("M contains NaN/Inf values")
         self.M.copy_(matrix)
-
-    def act(self, x: torch.Tensor, power: int) -> torch.Tensor:
-        """``M^power`` applied to ``(..., d_in)`` activations (row vectors: ``x @ (M^power)^T``)."""
-        return x @ torch.linalg.matrix_power(self.M, power).T
 
 
 def check_orbits(orbits: torch.Tensor, d_in: int | None = None) -> None:

@@ -171,7 +171,10 @@ class MatryoshkaSAE(SAE):
     def level_outputs(self, x: torch.Tensor) -> list[SAEOutput]:
         """One :class:`SAEOutput` per level (ascending ``k``), sharing one encoder pass."""
         self.check_input(x)
-        pre = self.pre_activation(x)
+        return self.levels_from_pre(self.pre_activation(x))
+
+    def levels_from_pre(self, pre: torch.Tensor) -> list[SAEOutput]:
+        """:meth:`level_outputs` from pre-activations ``(..., n_latents)`` already computed."""
         levels = nested_top_k(pre, self.k_levels)
         return [
             SAEOutput(pre, codes, self.decode(codes))
@@ -194,7 +197,7 @@ def matryoshka_loss(reconstruction: str = "mse"):
 
     ``reconstruction``: ``"mse"`` (README's recommendation, the default) or ``"nmse"`` (the code's config
     default and the paper's original loss). Logs ``loss``, ``mse`` (of the inference level) and
-    ``level_k{k}`` per level. The ``out`` argument is ignored: every level is recomputed from ``x``.
+    ``level_k{k}`` per level. Every level is decoded from ``out.pre_codes`` (no second encoder pass).
     """
     if reconstruction not in MATRYOSHKA_RECONSTRUCTIONS:
         raise ValueError(
@@ -207,7 +210,7 @@ def matryoshka_loss(reconstruction: str = "mse"):
         x_n = sae.normalize(x)
         terms = [
             _level_reconstruction(x_n, sae.normalize(level.x_hat), reconstruction)
-            for level in sae.level_outputs(x)
+            for level in sae.levels_from_pre(out.pre_codes)
         ]
         weights = sae.weights
         total = sum(w * t for w, t in zip(weights, terms, strict=True)) / sum(weights)

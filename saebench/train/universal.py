@@ -124,8 +124,8 @@ class UniversalTrainConfig:
     the cosine schedule (3e-4 -> 1e-6, warm-up from 1e-6). weight_decay: AdamW's (1e-5; the paper variant
     uses Adam with none). grad_clip: per-model gradient-norm clip (1.0). loss: a key of :data:`LOSSES`,
     default ``l1_aux`` for ``variant="code"`` and ``frobenius`` for ``"paper"``. seed: the model-choice RNG
-    (the authors: 10) and torch's seed for nothing else. log_r2: log the chosen encoder's R^2 into every
-    decoder.
+    only (the authors: 10; seed torch yourself for the weights). log_r2: log the chosen encoder's R^2 into
+    every decoder.
     """
 
     total_steps: int

@@ -151,6 +151,22 @@ def test_cross_r2_matrix_entries_and_mode():
     assert table[1, 0].item() == pytest.approx(1 - mse / (var + 1e-6), rel=1e-5)
 
 
+def test_cross_r2_matrix_per_dimension_variant():
+    torch.manual_seed(1)
+    usae = UniversalSAE(UniversalSAEConfig({"a": 4, "b": 3}, 8, k=2))
+    x = {"a": torch.randn(20, 4) + torch.tensor([0.0, 3.0, -3.0, 1.0]), "b": torch.randn(20, 3)}
+    glob, per_dim = cross_r2_matrix(usae, x), cross_r2_matrix(usae, x, per_dimension=True)
+    usae.eval()
+    with torch.no_grad():
+        x_hat = usae("a", x["a"]).x_hat["a"]
+    # Entry [a, a] by hand: 1 - sum((x - x_hat)^2) / sum((x - column means)^2).
+    sse = ((x["a"] - x_hat) ** 2).sum().item()
+    sst = ((x["a"] - x["a"].mean(0)) ** 2).sum().item()
+    assert per_dim[0, 0].item() == pytest.approx(1 - sse / sst, rel=1e-5)
+    # Columns with different means: the per-dimension denominator is smaller, so that R^2 is lower.
+    assert per_dim[0, 0] < glob[0, 0]
+
+
 def test_training_r2_matrix_averages_logged_entries():
     history = [{"r2/a->a": 0.5, "r2/a->b": 0.1}, {"r2/a->a": 0.7, "r2/a->b": 0.3}, {"r2/b->a": 0.2}]
     table = training_r2_matrix(history, ["a", "b"])

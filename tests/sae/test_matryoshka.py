@@ -70,6 +70,15 @@ def test_levels_are_nested():
         assert ((small.codes != 0) <= (large.codes != 0)).all()
 
 
+def test_gradient_reaches_only_the_kept_latents_of_a_level():
+    sae = create_sae("matryoshka", d_in=4, n_latents=8, k_levels=(2, 8))
+    pre = torch.randn(3, 8, requires_grad=True)
+    nested_top_k(pre, (2,))[0].sum().backward()
+    kept = (pre.detach().argsort(dim=-1, descending=True).argsort(dim=-1) < 2) & (pre.detach() > 0)
+    assert torch.equal(pre.grad != 0, kept)  # d relu(v)/dv = 1 on kept positive entries, 0 elsewhere
+    assert len(sae.levels_from_pre(pre.detach())) == 2
+
+
 def _tiny_sae(weighting: str) -> MatryoshkaSAE:
     """2 latents, identity-like weights: pre = x, levels k=1 and k=2, so the arithmetic is by hand."""
     sae = create_sae("matryoshka", d_in=2, n_latents=2, k_levels=(1, 2), weighting=weighting)

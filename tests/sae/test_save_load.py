@@ -55,7 +55,7 @@ def test_missing_checkpoint_file_is_named(make_sae, tmp_path):
 
 
 def test_unknown_architecture_lists_the_valid_ones():
-    with pytest.raises(KeyError, match="'gated'.*batchtopk, jumprelu, relu, topk"):
+    with pytest.raises(KeyError, match="'gated'.*batchtopk.*jumprelu.*relu.*topk"):
         create_sae("gated", d_in=8, n_latents=32)
 
 
