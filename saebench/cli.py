@@ -20,7 +20,9 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="saebench", description="Train, evaluate and compare sparse autoencoders on vision models.")
+    parser = argparse.ArgumentParser(
+        prog="saebench", description="Train, evaluate and compare sparse autoencoders on vision models."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:

@@ -27,6 +27,7 @@ SAE_COLUMNS: tuple[tuple[str, str, float], ...] = (
     ("cosine", "cosine_similarity_mean", 1.0),
     ("L0", "l0", 1.0),
     ("dead %", "dead_fraction", 100.0),
+    ("MCC", "mcc", 1.0),
     ("probe", "probe_accuracy", 1.0),
 )
 _DESCRIPTIVE_FIELDS = ("sae", "backbone")

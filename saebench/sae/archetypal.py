@@ -96,6 +96,7 @@ class ArchetypalSAE(TopKSAE):
     module docstring); set the candidates with :meth:`set_candidates` before training. The dense path only."""
 
     config_class = ArchetypalSAEConfig
+    trains_from_config_alone = False  # needs set_candidates (k-means centroids of the data) first
 
     def __init__(self, config: ArchetypalSAEConfig):
         super().__init__(config)

@@ -176,6 +176,9 @@ class SAE(nn.Module):
 
     config_class: ClassVar[type[SAEConfig]] = SAEConfig
     architecture: ClassVar[str] = "base"
+    #: True when the SAE trains with the default step on plain ``(n, d_in)`` batches once built from its
+    #: config alone; architectures that need more (orbit batches, candidate points) set it False.
+    trains_from_config_alone: ClassVar[bool] = True
 
     def __init__(self, config: SAEConfig):
         super().__init__()

@@ -131,6 +131,7 @@ class EquivariantSAE(MLPTopKSAE):
     :meth:`set_group_action`; saved with the weights). Train it on orbit batches with :func:`orbit_step`."""
 
     config_class = EquivariantSAEConfig
+    trains_from_config_alone = False  # needs orbit batches and orbit_step
 
     def __init__(self, config: EquivariantSAEConfig):
         super().__init__(config)

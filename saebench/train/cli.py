@@ -11,6 +11,7 @@ evaluation). Under ``torchrun`` every rank reads the same global batches and tak
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,17 +20,31 @@ from tabulate import tabulate
 from saebench.data.inputs import open_data
 from saebench.evaluate import evaluate_sae
 from saebench.sae import available_architectures, create_sae, load_sae
+from saebench.sae.base import sae_class
 from saebench.train.config import TrainConfig
 from saebench.train.distributed import init_from_env
 from saebench.train.losses import jumprelu_l0_loss, relu_l1_loss
 from saebench.train.trainer import train_sae
 
-ARCHITECTURES_WITH_K = ("topk", "batchtopk")
+
+def cli_architectures() -> list[str]:
+    """Architectures ``saebench train`` can build from its flags and train on plain batches."""
+    return [name for name in available_architectures() if sae_class(name).trains_from_config_alone]
+
+
+def _has_k(architecture: str) -> bool:
+    return "k" in {f.name for f in dataclasses.fields(sae_class(architecture).config_class)}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser("train", help="train one SAE", description=__doc__.split("\n\n")[1])
-    train.add_argument("--arch", required=True, help=f"one of {', '.join(available_architectures())}")
+    train.add_argument(
+        "--arch",
+        required=True,
+        choices=cli_architectures(),
+        metavar="ARCH",
+        help=f"one of {', '.join(cli_architectures())}",
+    )
     train.add_argument(
         "--data", required=True, help="planted:FIELD=VALUE,... or a .npy/.pt/.safetensors (n, d) file"
     )
@@ -37,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     size = train.add_mutually_exclusive_group()
     size.add_argument("--expansion", type=float, default=4.0, help="n_latents = expansion * d (default 4)")
     size.add_argument("--n-latents", type=int, help="dictionary size (overrides --expansion)")
-    train.add_argument("--k", type=int, help="active latents per row (topk, batchtopk)")
+    train.add_argument("--k", type=int, help="active latents per row (TopK-family architectures)")
     train.add_argument("--l1", type=float, default=1e-3, help="L1 coefficient (relu)")
     train.add_argument("--l0", type=float, default=1e-3, help="L0 coefficient (jumprelu)")
     train.add_argument("--steps", type=int, default=2000)
@@ -75,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _build_sae(args: argparse.Namespace, d: int):
     n_latents = args.n_latents or int(round(args.expansion * d))
     config = {"d_in": d, "n_latents": n_latents}
-    if args.arch in ARCHITECTURES_WITH_K:
+    if _has_k(args.arch):
         if args.k is None:
             raise SystemExit(f"--arch {args.arch} needs --k (active latents per row)")
         config["k"] = args.k
