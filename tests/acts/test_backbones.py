@@ -49,7 +49,8 @@ PAPER_SHAPES = {
 
 
 def test_registry_holds_the_papers_backbones():
-    assert sorted(PAPER_SHAPES) == available_backbones()
+    # Other packages (the mini-tier zoo) register more; the papers' entries must all be there.
+    assert set(PAPER_SHAPES) <= set(available_backbones())
 
 
 def test_unknown_backbone_lists_the_valid_names():

@@ -57,7 +57,7 @@ def test_leaderboard_contents(results):
     assert toy < full < text.index("## Every SAE trained")
     assert "| fvu-topk        | 0.12 " in text and "| pass " in text
     assert "not run: needs fake ViT weights: set SAEBENCH_FAKE_WEIGHTS to its path" in text[full:]
-    # the SAE table: dead % is dead_fraction x 100 (0.10 -> 10, 0.02 -> 2); probe absent -> "-"
+    # the SAE table: dead % is dead_fraction x 100 (0.10 -> 10, 0.02 -> 2); MCC and probe absent -> "-"
     relu = next(line for line in text.splitlines() if line.startswith("| fake    | toy    | relu"))
     assert [c.strip() for c in relu.strip("|").split("|")] == [
         "fake",
@@ -69,6 +69,7 @@ def test_leaderboard_contents(results):
         "0.9",
         "9.5",
         "10",
+        "-",
         "-",
     ]
     assert "![FVU vs L0, toy tier](figures/pareto_fvu_l0_toy.png)" in text
