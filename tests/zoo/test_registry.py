@@ -35,7 +35,9 @@ def test_config_hash_follows_every_field_but_the_name():
     changed = [
         dataclasses.replace(entry, model=dataclasses.replace(entry.model, channels=(8, 16, 32))),
         dataclasses.replace(entry, training=dataclasses.replace(entry.training, seed=1)),
-        dataclasses.replace(entry, training=dataclasses.replace(entry.training, threads=2)),
+        dataclasses.replace(
+            entry, training=dataclasses.replace(entry.training, threads=entry.training.threads + 1)
+        ),
     ]
     assert len({entry.config_hash(), *(e.config_hash() for e in changed)}) == 4
     assert SMOKE_ENTRIES["zoo-cnn"].config_hash() != entry.config_hash()
