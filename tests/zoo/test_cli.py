@@ -38,6 +38,6 @@ def test_cache_mini_parses_its_options():
     parser = argparse.ArgumentParser(prog="saebench")
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["cache-mini", "--smoke", "--out", "acts", "--dtype", "float32"])
-    assert (args.smoke, args.out, args.dtype, args.batch_size) == (True, "acts", "float32", 64)
+    assert (args.smoke, args.out, args.dtype, args.batch_size) == (True, "acts", "float32", 8)
     with pytest.raises(SystemExit):
         parser.parse_args(["zoo", "train", "--epochs", "3"])

@@ -7,11 +7,12 @@ from dataclasses import replace
 import pytest
 import torch
 
+from saebench.acts.backbones import load_backbone
 from saebench.acts.cache import cache_activations
 from saebench.acts.sources import FashionMNISTSource, subset
 from saebench.acts.store import AlignedStores, StoreMismatchError
 from saebench.zoo import CNNConfig
-from saebench.zoo.mini_caches import MiniStore, MiniTierPlan, cache_mini_tier, open_mini_tier
+from saebench.zoo.mini_caches import MiniStore, MiniTierPlan, cache_mini_tier, channels_last, open_mini_tier
 from saebench.zoo.registry import backbone_of, ensure_trained
 
 STORES = (
@@ -133,3 +134,15 @@ def test_missing_manifest_says_which_command_writes_it(tmp_path):
 def test_plan_refuses_aligned_keys_it_does_not_cache():
     with pytest.raises(ValueError, match=r"aligned keys \['zoo-mlp/pooled/all'\] not among its stores"):
         MiniTierPlan("bad", per_class=1, stores=STORES, aligned=("zoo-mlp/pooled/all",))
+
+
+def test_channels_last_keeps_the_fingerprint_and_the_outputs():
+    backbone = load_backbone("zoo-cnn", seed=0)
+    images = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    before, fingerprint = backbone.extract(images, ["features"])["features"], backbone.fingerprint()
+    converted = channels_last(load_backbone("zoo-cnn", seed=0))
+    assert converted.model.stages[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert converted.fingerprint() == fingerprint  # the weights' digest is taken over their values
+    # tolerance: another convolution algorithm sums in another order (float32 rounding only)
+    after = converted.extract(images, ["features"])["features"]
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
