@@ -1,4 +1,4 @@
-"""Run every benchmark: ``python -m benchmarks [--quick] [--device cpu|cuda] [--only NAME ...]``.
+"""Run every benchmark: ``python -m benchmarks [--quick] [--device cpu|cuda] [--only NAME ...] [--report-only]``.
 
 Writes ``results/bench/<name>.json`` for each benchmark and ``results/bench/README.md`` (markdown tables with
 the machine described). ``--quick`` is a smoke run at small sizes that writes to ``results/bench/quick/``
@@ -79,9 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes; writes results/bench/quick/")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run only these benchmarks")
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite README.md from the JSON files already there; run nothing"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         machine.set_results_dir(machine.RESULTS_DIR / "quick")
+    if args.report_only:
+        command = "python -m benchmarks --report-only" + (" --quick" if args.quick else "")
+        print(f"wrote {write_readme(machine.results_dir() / 'README.md', _all_results({}), {}, command)}")
+        return 0
     results: dict[str, dict] = {}
     failures: dict[str, str] = {}
     for name in args.only or BENCHMARKS:
