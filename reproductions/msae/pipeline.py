@@ -31,7 +31,6 @@ full-output reconstructions).
 
 from __future__ import annotations
 
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -117,22 +116,6 @@ def _msae_metrics(
     return metrics, x_hat_full
 
 
-def _truncation_check(msae: Run, topk: Run, ks: list[int]) -> CheckResult:
-    """MSAE's truncated reconstructions beat the TopK SAE's at every swept k below TopK's own k."""
-    below = [k for k in ks if k < topk.fields["k"]]
-    rows = [(k, msae.metrics[f"msae_fvu_at_k{k}"], topk.metrics[f"msae_fvu_at_k{k}"]) for k in below]
-    passed = bool(rows) and all(m < t for _, m, t in rows)
-    detail = "; ".join(f"k={k}: MSAE {m:.3g} vs TopK {t:.3g}" for k, m, t in rows)
-    return CheckResult(passed=passed, detail=detail or "no swept k below TopK's k")
-
-
-def _graceful_check(run: Run, ks: list[int]) -> CheckResult:
-    """The run's swept FVU never rises as ``k`` grows: usable at any truncation (msae.md §4.3, §4.7)."""
-    curve = [run.metrics[f"msae_fvu_at_k{k}"] for k in ks if f"msae_fvu_at_k{k}" in run.metrics]
-    passed = all(b <= a for a, b in pairwise(curve))
-    return CheckResult(passed=passed, detail="FVU over k: " + ", ".join(f"{v:.3g}" for v in curve))
-
-
 def run(tier: str, config: dict[str, Any], seed: int, workdir: Path) -> PipelineResult:
     if tier == "full":
         raise MissingRequirement(
@@ -176,9 +159,9 @@ def _train_and_evaluate(config: dict[str, Any], seed: int) -> PipelineResult:
     checks = {}
     for msae_name in ("msae-rw", "msae-uw"):
         if msae_name in by_name:
-            checks[f"{msae_name}-graceful"] = _graceful_check(by_name[msae_name], ks)
+            checks[f"{msae_name}-graceful"] = graceful_check(by_name[msae_name], ks)
         if {msae_name, "topk-large-k"} <= set(by_name):
-            checks[f"{msae_name}-truncates-better"] = _truncation_check(
+            checks[f"{msae_name}-truncates-better"] = truncation_check(
                 by_name[msae_name], by_name["topk-large-k"], ks
             )
     return PipelineResult(runs=runs, checks=checks, device=str(device))

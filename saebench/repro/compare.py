@@ -220,11 +220,12 @@ def skipped_outcomes(claims: Iterable[Claim], missing: Sequence[str]) -> list[Cl
 
 
 def status_cell(outcome: ClaimOutcome | Mapping, not_run: bool = False) -> str:
-    """``pass`` / ``FAIL`` / ``ERROR`` / ``skipped: <needs>`` (``not run: ...`` in the leaderboard)."""
+    """``pass`` / ``FAIL`` / ``ERROR`` / ``skipped: <needs>``; ``not run`` when the whole tier did not run
+    (``not_run``: the leaderboard states what the tier needs once, above its table)."""
     get = outcome.get if isinstance(outcome, Mapping) else lambda k: getattr(outcome, k)
     status = get("status")
     if status == "skipped":
-        return f"{'not run' if not_run else 'skipped'}: {get('detail')}"
+        return "not run" if not_run else f"skipped: {get('detail')}"
     return {"pass": "pass", "fail": "FAIL", "error": "ERROR"}[status]
 
 

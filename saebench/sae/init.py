@@ -2,14 +2,14 @@
 
 :func:`geometric_median` initialises the decoder bias ``b_dec`` (Bricken et al. 2023, "Towards
 Monosemanticity", § "Training the SAE"; PatchSAE, Lim et al. 2025, App. A.1 / Table 2), through
-:meth:`SAE.init_decoder_bias`.
+:meth:`SAE.init_decoder_bias`. :func:`image_geometric_median` is PatchSAE's image-level variant.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["geometric_median"]
+__all__ = ["geometric_median", "image_geometric_median"]
 
 
 def geometric_median(points: torch.Tensor, max_iter: int = 100, tol: float = 1e-6) -> torch.Tensor:
@@ -59,3 +59,21 @@ def geometric_median(points: torch.Tensor, max_iter: int = 100, tol: float = 1e-
         if step <= tol * float(dist.mean()):
             break
     return y.to(points.dtype)
+
+
+def image_geometric_median(acts: torch.Tensor, max_iter: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    """PatchSAE's decoder-bias init: the token mean of the image-wise geometric median, ``(n, T, d) -> (d,)``.
+
+    The authors' code (``sparse_autoencoder.py`` with the ``geom_median`` package, ``per_component=False``,
+    maxiter 100; patchsae.md §1.2) treats each image's ``T x d`` token matrix as one point, so the Weiszfeld
+    median (Frobenius distance) is a ``(T, d)`` matrix; it then averages that over the ``T`` tokens. The plain
+    variant, the geometric median of the ``n * T`` token rows, is
+    ``geometric_median(acts.reshape(-1, d))`` (``SAE.init_decoder_bias(..., "geometric_median")``).
+    """
+    if acts.ndim != 3:
+        raise ValueError(
+            f"image_geometric_median needs (n_images, n_tokens, d) activations, got shape {tuple(acts.shape)}"
+        )
+    n_images, n_tokens, d = acts.shape
+    median = geometric_median(acts.reshape(n_images, n_tokens * d), max_iter=max_iter, tol=tol)
+    return median.reshape(n_tokens, d).mean(dim=0)
