@@ -1,4 +1,6 @@
-"""Run every benchmark: ``python -m benchmarks [--quick] [--device cpu|cuda] [--only NAME ...] [--report-only]``.
+"""Run every benchmark: ``python -m benchmarks [--quick] [--device cpu|cuda] [--only NAME ...]``.
+
+``--report-only`` rewrites ``results/bench/README.md`` from the JSON files already there and runs nothing.
 
 Writes ``results/bench/<name>.json`` for each benchmark and ``results/bench/README.md`` (markdown tables with
 the machine described). ``--quick`` is a smoke run at small sizes that writes to ``results/bench/quick/``
@@ -80,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run only these benchmarks")
     parser.add_argument(
-        "--report-only", action="store_true", help="rewrite README.md from the JSON files already there; run nothing"
+        "--report-only", action="store_true", help="rewrite README.md from the JSON files; run nothing"
     )
     args = parser.parse_args(argv)
     if args.quick:
-        machine.set_results_dir(machine.RESULTS_DIR / "quick")
+        machine.use_quick_results_dir()
     if args.report_only:
         command = "python -m benchmarks --report-only" + (" --quick" if args.quick else "")
         print(f"wrote {write_readme(machine.results_dir() / 'README.md', _all_results({}), {}, command)}")

@@ -1,7 +1,7 @@
 """Evaluation throughput: rows per second of the streaming evaluator and of the encode-only latent statistics,
 for a TopK SAE on the sparse path (codes never densified, decoder over the active rows) and on the dense path.
 
-    python -m benchmarks.bench_eval [--quick]       # writes results/bench/eval.json
+    python -m benchmarks.bench_eval [--quick]       # writes results/bench/eval.json (quick: quick/eval.json)
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from tabulate import tabulate
 
-from benchmarks.machine import describe_machine, sync, write_result
+from benchmarks.machine import describe_machine, sync, use_quick_results_dir, write_result
 from saebench.evaluate import evaluate_sae, latent_statistics
 from saebench.sae import create_sae
 
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    if args.quick:
+        use_quick_results_dir()
     setting = dict(QUICK if args.quick else FULL)
     device = torch.device(args.device)
     d, h = setting["d"], setting["d"] * setting["expansion"]

@@ -6,7 +6,8 @@ MSE, backward, Adam update. ``saebench-sparse`` / ``saebench-dense`` are saebenc
 removes the parallel decoder-gradient component, re-normalises decoder rows, checks the batch for NaN/Inf and
 tracks dead latents) on the sparse path (:mod:`saebench.sae.sparse_decode`) or with ``sparse_decoding =
 False``; ``overcomplete`` is the plain loop around its ``TopKSAE`` with a ``linear`` encoder (its dictionary
-layer re-normalises atoms on every forward). ``saebench-sparse-bf16`` (headline setting only) adds bf16
+layer re-normalises atoms on every forward); ``sae-lens`` (when installed: the ``bench`` extra) the same loop
+around its ``TopKTrainingSAE``. ``saebench-sparse-bf16`` (headline setting only) adds bf16
 autocast.
 
 Per setting and implementation: a warm-up step (during which the bytes autograd saves for the backward are
@@ -44,9 +45,10 @@ from benchmarks.machine import (
     matmul_flops_per_second,
     saved_for_backward,
     sync,
+    use_quick_results_dir,
     write_result,
 )
-from saebench.peers import import_overcomplete
+from saebench.peers import import_overcomplete, import_sae_lens
 from saebench.sae import create_sae
 from saebench.train import TrainConfig, Trainer
 
@@ -95,11 +97,44 @@ def overcomplete_topk_step(d: int, h: int, k: int, lr: float, device: torch.devi
     return TrainingStep(step, model.parameters)
 
 
+def sae_lens_topk_step(
+    d: int, h: int, k: int, lr: float, device: torch.device, sparse_activations: bool = False
+) -> TrainingStep:
+    """sae-lens's ``TopKTrainingSAE`` in a plain Adam loop on the MSE (its own training loss adds an AuxK term
+    and logging; left out so that every implementation does the same step). ``sparse_activations``: its
+    ``use_sparse_activations`` option (codes as a torch sparse tensor)."""
+    sae_lens = import_sae_lens()
+    config = sae_lens.TopKTrainingSAEConfig(
+        d_in=d, d_sae=h, k=k, device=str(device), use_sparse_activations=sparse_activations
+    )
+    model = sae_lens.TopKTrainingSAE(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def step(x: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        x_hat = model.decode(model.encode(x))
+        loss = (x - x_hat).square().mean()
+        loss.backward()
+        optimizer.step()
+
+    return TrainingStep(step, model.parameters)
+
+
+def _peer_available(importer: Callable[[], object]) -> bool:
+    try:
+        importer()
+    except ImportError:
+        return False
+    return True
+
+
 IMPLEMENTATIONS: dict[str, Callable[..., TrainingStep]] = {
     "saebench-sparse": saebench_topk_step,
     "saebench-dense": lambda *args: saebench_topk_step(*args, sparse=False),
     "overcomplete": overcomplete_topk_step,
 }
+if _peer_available(import_sae_lens):  # optional: `pip install -e .[bench]`
+    IMPLEMENTATIONS["sae-lens"] = sae_lens_topk_step
 HEADLINE_EXTRAS: dict[str, Callable[..., TrainingStep]] = {
     "saebench-sparse-bf16": lambda *args: saebench_topk_step(*args, amp_dtype="bf16"),
 }
@@ -214,6 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ks", type=int, nargs="+", help="override the grid's k values")
     parser.add_argument("--rounds", type=int, help="override the number of timed rounds")
     args = parser.parse_args(argv)
+    if args.quick:
+        use_quick_results_dir()
 
     grid = dict(QUICK if args.quick else FULL)
     for key in ("expansions", "ks", "rounds"):

@@ -160,6 +160,11 @@ def set_results_dir(path: Path) -> None:
     _results_dir = Path(path)
 
 
+def use_quick_results_dir() -> None:
+    """Send later results to ``results/bench/quick/``: a ``--quick`` run never overwrites the full ones."""
+    set_results_dir(RESULTS_DIR / "quick")
+
+
 def results_dir() -> Path:
     return _results_dir
 

@@ -1,6 +1,8 @@
 """Access to peer libraries used as reference implementations (parity tests, benchmarks).
 
-Only ``overcomplete`` (KempnerInstitute/overcomplete, PyPI ``overcomplete``; the ``dev`` extra) for now.
+``overcomplete`` (KempnerInstitute/overcomplete, PyPI ``overcomplete``; the ``dev`` extra) and, for the
+training benchmark only, ``sae-lens`` (PyPI ``sae-lens``; the ``bench`` extra: it pulls in transformer-lens,
+wandb and datasets, so nothing else depends on it).
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["import_overcomplete"]
+__all__ = ["import_overcomplete", "import_sae_lens"]
 
 
 def _alias_matplotlib_get_cmap() -> None:
@@ -33,4 +35,15 @@ def import_overcomplete() -> ModuleType:
         raise ImportError(
             f"the peer library 'overcomplete' could not be imported ({err}); it is a development dependency: "
             "install it with `pip install -e .[dev]`"
+        ) from err
+
+
+def import_sae_lens() -> ModuleType:
+    """Import and return the ``sae_lens`` package; ``ImportError`` saying how to install it when missing."""
+    try:
+        return importlib.import_module("sae_lens")
+    except ImportError as err:
+        raise ImportError(
+            f"the peer library 'sae-lens' could not be imported ({err}); it is an optional benchmark peer: "
+            "install it with `pip install -e .[bench]`"
         ) from err

@@ -1,7 +1,7 @@
 """Equivariant SAEs (Erdogan & Lucic, arXiv:2511.09432): reproduction pipeline.
 
-``experiment: shapes`` (the mini tier) runs :mod:`.shapes_experiment`; otherwise (the toy tier) the orbit
-toy model below.
+``experiment: shapes`` (the mini tier) runs :mod:`.shapes_experiment`, ``experiment: galaxy`` (the full
+tier) :mod:`.galaxy_experiment`; otherwise (the toy tier) the orbit toy model below.
 
 Toy tier (the orbit toy model, :mod:`saebench.data.orbits`): fit the group action ``M`` on held-out orbits
 (:func:`~saebench.sae.equivariant.fit_group_action`), then train vanilla nonlinear-encoder TopK SAEs
@@ -41,12 +41,16 @@ from saebench.sae import create_sae
 from saebench.sae.equivariant import fit_group_action, group_action_r2, orbit_step, reconstruct_orbits
 from saebench.train import TrainConfig, train_sae
 
+from .galaxy_experiment import run_galaxy
 from .shapes_experiment import run_shapes
 
 
 def run(tier: str, config: dict[str, Any], seed: int, workdir: Path) -> PipelineResult:
-    if config.get("experiment", "orbit_toy") == "shapes":
-        return PipelineResult(runs=run_shapes(config, seed, Path(workdir)), device="cpu")
+    experiment = config.get("experiment", "orbit_toy")
+    if experiment == "shapes":
+        return PipelineResult(runs=run_shapes(config, seed, Path(workdir)))
+    if experiment == "galaxy":
+        return PipelineResult(runs=run_galaxy(config, seed, Path(workdir)))
     return _toy(config, seed)
 
 

@@ -12,15 +12,16 @@ from saebench.repro.pipeline import load_reproduction
 TINY = {
     "experiment": "shapes",
     "shapes": {"image_size": 12, "n_samples": 48, "radii": [2, 3]},
-    "autoencoders": ["mlp", "cnn"],
+    "autoencoders": ["mlp", "cnn", "vit"],
     "ae": {"latent_dim": 16, "epochs": 1, "lr": 0.001},
     "group_action": {"epochs": 1, "lr": 0.001, "all_powers": True},
     "batch_size": 8,
     "torch_threads": 1,
     "train": {"total_steps": 4, "lr": 0.003},
-    "probes": {"trunc_lengths": [2], "kinds": ["logistic"], "factors": ["colour", "quadrant"]},
+    "probes": {"trunc_lengths": [2, 4], "kinds": ["logistic", "xgboost"], "factors": ["colour", "quadrant"]},
     "saes": [
         {"name": "vanilla", "architecture": "topk_mlp", "n_latents": 8, "k": 2, "encoder_hidden": 8},
+        {"name": "vanilla-wide", "architecture": "topk_mlp", "n_latents": 16, "k": 2, "encoder_hidden": 8},
         {
             "name": "equivariant",
             "architecture": "equivariant",
@@ -45,26 +46,29 @@ TINY = {
 def test_shapes_experiment_runs_end_to_end(tmp_path):
     pipeline = load_reproduction(__file__.rsplit("/", 1)[0]).pipeline()
     threads = torch.get_num_threads()
-    result = pipeline.run("mini", TINY, 0, tmp_path)
+    figure = tmp_path / "figures" / "probe_f1.png"
+    result = pipeline.run("mini", {**TINY, "figure": str(figure)}, 0, tmp_path)
     assert torch.get_num_threads() == threads  # restored
     names = [(r.fields["backbone"], r.fields["name"]) for r in result.runs]
     assert names == [
         (arch, name)
-        for arch in ("mlp", "cnn")
-        for name in ("group-action", "vanilla", "equivariant", "archetypal")
+        for arch in ("mlp", "cnn", "vit")
+        for name in ("group-action", "vanilla", "vanilla-wide", "equivariant", "archetypal")
     ]
     for run in result.runs:
         assert all(math.isfinite(v) for v in run.metrics.values())
         if run.fields["name"] != "group-action":
-            assert {"fvu", "l0", "f1_logistic_n2"} <= set(run.metrics)
-    assert (
-        (tmp_path / "probe_results" / "results_cnn_equivariant.csv")
-        .read_text()
-        .startswith("task,kind,trunc_length,f1")
-    )
+            assert {"fvu", "l0", "f1_logistic_n2", "f1_xgboost_n4", "f1_oriented_xgboost_n2"} <= set(
+                run.metrics
+            )
+    table = (tmp_path / "probe_results" / "results_4.csv").read_text().splitlines()
+    assert table[0] == "backbone,method,n_latents,k,task,kind,trunc_length,f1"
+    # 3 backbones x 4 SAEs x 2 kinds x (4 colour + 4 quadrant tasks) rows, all with trunc_length 4
+    assert len(table) - 1 == 3 * 4 * 2 * 8 and all(line.split(",")[6] == "4" for line in table[1:])
+    assert figure.stat().st_size > 0
 
 
 def test_unknown_autoencoder():
     pipeline = load_reproduction(__file__.rsplit("/", 1)[0]).pipeline()
     with pytest.raises(ValueError, match="unknown autoencoder architecture"):
-        pipeline.run("mini", {**TINY, "autoencoders": ["vit"]}, 0, "/tmp")
+        pipeline.run("mini", {**TINY, "autoencoders": ["resnet"]}, 0, "/tmp")

@@ -24,7 +24,8 @@ Metrics of one SAE (names are ours; the definitions are msae.md's):
 - the progressive top-k sweep of ``score_topk_sae_embeddings.py`` (§4.7) at the authors' ``16, 32, ..., m``:
   ``msae_fvu_at_k{k}``, ``msae_cs_at_k{k}``, ``msae_l0_at_k{k}`` (mean count of non-zero codes kept);
 - ``decoder_orthogonality`` (§2.8); ``cknna_input_codes`` / ``cknna_recon_input`` (§2.6: inputs vs full
-  codes, as the evaluation scripts; full reconstruction vs input, as ``train.py``), mean over shuffled batches;
+  codes, as the evaluation scripts; full reconstruction vs input, as ``train.py``), mean over shuffled
+  batches;
 - ``probe_kl_full`` / ``probe_agreement_full`` (§2.7) when a probe is given: a linear probe trained on the
   original embeddings, read on originals vs full-output reconstructions of its evaluation rows;
 - ``named_concepts`` (§5) when a vocabulary is given: latents whose decoder direction in the input space has a
@@ -36,7 +37,7 @@ Chunked metrics are weighted means over rows, so the full tier streams its 1.28M
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +87,7 @@ def _as_tensor(rows: Rows) -> torch.Tensor:
     """float32 tensor of ``rows`` (a copy for numpy input, so memmaps are read once)."""
     if isinstance(rows, torch.Tensor):
         return rows.float()
-    return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+    return torch.from_numpy(np.array(rows, dtype=np.float32))
 
 
 def row_chunks(rows: Rows, chunk_rows: int) -> Iterator[torch.Tensor]:
@@ -128,7 +129,7 @@ def row_statistics(rows: Rows, chunk_rows: int = 65536) -> ActivationStatistics:
 
 def standardisation(rows: Rows, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mean (d,), scale (d,))`` with ``x_n = (x - mean) / scale`` for scheme ``kind`` of
-    :func:`saebench.acts.normalization.normalization` (MSAE: ``target_norm_code`` or ``target_norm_paper``)."""
+    :func:`saebench.acts.normalization.normalization` (MSAE: ``target_norm_code``, ``target_norm_paper``)."""
     return normalization(row_statistics(rows), kind)
 
 
@@ -171,17 +172,17 @@ def train_standardised(
     train_rows: Rows,
     train: dict[str, Any],
     batch_size: int,
-    normalization_kind: str,
+    normalisation: tuple[torch.Tensor, torch.Tensor],
     seed: int,
     device: str,
     backbone: str,
 ) -> dict[str, tuple[SAE, dict[str, Any]]]:
-    """Train every spec (``expansion`` or ``n_latents``) on standardised ``train_rows`` and give each SAE the
-    standardisation as its input normalisation. Returns ``{name: (sae, run fields)}``; a Matryoshka SAE's
-    ``k`` field is its first level (its default inference ``k``, the authors' ``TopKReLU_64`` view)."""
+    """Train every spec (``expansion`` or ``n_latents``) on ``train_rows`` standardised by ``normalisation``
+    ``(mean, scale)`` (:func:`standardisation`) and give each SAE that as its input normalisation.
+    Returns ``{name: (sae, run fields)}``; a Matryoshka SAE's ``k`` field is its first level (its default
+    inference ``k``, the authors' ``TopKReLU_64`` view)."""
     d = train_rows.shape[1]
-    mean, scale = standardisation(train_rows, normalization_kind)
-    mean_d, scale_d = mean.to(device), scale.to(device)
+    mean_d, scale_d = (t.to(device) for t in normalisation)
 
     def batches(n_steps: int) -> Iterator[torch.Tensor]:
         return shuffled_batches(
@@ -312,8 +313,12 @@ def _cknna_means(sae: SAE, eval_rows: Rows, batch_size: int, max_batches: int | 
     batch so the full codes of every row are never held at once."""
     n_batches = eval_rows.shape[0] // batch_size
     if n_batches == 0:
-        raise ValueError(f"CKNNA needs at least batch_size={batch_size} evaluation rows, got {eval_rows.shape[0]}")
-    order = torch.randperm(eval_rows.shape[0], generator=torch.Generator().manual_seed(MSAE_CKNNA_SHUFFLE_SEED))
+        raise ValueError(
+            f"CKNNA needs at least batch_size={batch_size} evaluation rows, got {eval_rows.shape[0]}"
+        )
+    order = torch.randperm(
+        eval_rows.shape[0], generator=torch.Generator().manual_seed(MSAE_CKNNA_SHUFFLE_SEED)
+    )
     device = sae.b_enc.device
     means = _WeightedMeans()
     for b in range(n_batches if max_batches is None else min(n_batches, max_batches)):
@@ -377,4 +382,3 @@ def run_backbone(
         )
         runs.append(Run(fields=fields, metrics=metrics))
     return runs
-

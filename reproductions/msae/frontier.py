@@ -34,7 +34,9 @@ def baseline_point(run: Run) -> Point:
 
 def msae_points(run: Run) -> list[Point]:
     """``(msae_l0_at_k{k}, msae_fvu_at_k{k})`` for every swept ``k``, in increasing ``k``."""
-    ks = sorted(int(key.removeprefix("msae_fvu_at_k")) for key in run.metrics if key.startswith("msae_fvu_at_k"))
+    ks = sorted(
+        int(key.removeprefix("msae_fvu_at_k")) for key in run.metrics if key.startswith("msae_fvu_at_k")
+    )
     if not ks:
         raise ValueError(f"run {run.label()} has no progressive sweep metrics (msae_fvu_at_k<k>)")
     return [(run.metrics[f"msae_l0_at_k{k}"], run.metrics[f"msae_fvu_at_k{k}"]) for k in ks]
@@ -59,7 +61,9 @@ def dominance_check(msae: Run, baselines: Sequence[Run]) -> CheckResult:
         ok = margin is not None and margin >= 0
         passed &= ok
         shown = "no MSAE point as sparse" if margin is None else f"margin {margin:+.4f}"
-        parts.append(f"{run.fields['name']} (L0 {point[0]:.1f}, FVU {point[1]:.4f}): {shown}{'' if ok else ' FAIL'}")
+        parts.append(
+            f"{run.fields['name']} (L0 {point[0]:.1f}, FVU {point[1]:.4f}): {shown}{'' if ok else ' FAIL'}"
+        )
     return CheckResult(passed=passed, detail="; ".join(parts))
 
 

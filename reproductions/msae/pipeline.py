@@ -50,11 +50,14 @@ from saebench.metrics.probe_agreement import (
 )
 from saebench.metrics.reconstruction import cosine_similarity_mean, fvu_per_sample_mean
 from saebench.metrics.sparsity import sparsity_fraction
-from saebench.repro.pipeline import CheckResult, PipelineResult, Run
+from saebench.repro.pipeline import PipelineResult, Run
 from saebench.repro.sae_sweep import train_sae_specs
-from saebench.repro.tiers import MissingRequirement
 from saebench.sae import SAE
 from saebench.sae.matryoshka import MatryoshkaSAE
+
+from .checks import graceful_check, truncation_check
+from .full_tier import run_full
+from .mini_tier import run_mini
 
 
 def _hierarchy_recovery(world: PlantedWorld, sae: SAE) -> dict[str, float]:
@@ -118,10 +121,9 @@ def _msae_metrics(
 
 def run(tier: str, config: dict[str, Any], seed: int, workdir: Path) -> PipelineResult:
     if tier == "full":
-        raise MissingRequirement(
-            "msae full: the CLIP-embedding training path of this tier is not written yet (NOTES.md, "
-            "'Not done'); the configs and claims are in place for it"
-        )
+        return run_full(config, seed, Path(workdir))
+    if tier == "mini":
+        return run_mini(config, seed, Path(workdir))
     return _train_and_evaluate(config, seed)
 
 

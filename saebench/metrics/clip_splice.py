@@ -7,13 +7,17 @@ block's output replaced by its SAE reconstruction. The authors' evaluation also 
 scores ``(loss_sae - loss_orig) / (loss_zero - loss_orig)`` (0: the SAE costs nothing; 1: as bad as zeros).
 
 The loss depends on the batch (its size and which pairs share it), so values compare only at equal batches.
+
+For top-k latent masking (§4.1, :mod:`saebench.metrics.latent_masking`) the same splice replaces **all**
+tokens of a block: :func:`block_tokens_classifier` turns a CLIP model and the zero-shot text features of
+:func:`zero_shot_text_features` into the ``classify_fn(tokens_hat) -> logits`` that masking takes.
 Works with open_clip ``CLIP`` models whose vision tower is a batch-first ``VisionTransformer`` (the
 ``clip-*`` backbones of :mod:`saebench.acts.backbones.open_clip_models`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -23,6 +27,8 @@ from saebench.sae.base import SAE
 
 __all__ = [
     "SplicedContrastiveLosses",
+    "block_tokens_classifier",
+    "zero_shot_text_features",
     "clip_contrastive_loss",
     "image_features_with_cls_replaced",
     "spliced_contrastive_losses",
@@ -64,7 +70,9 @@ def _resblock(model: torch.nn.Module, block: int) -> torch.nn.Module:
             f"got {type(model).__name__}"
         )
     if not getattr(transformer, "batch_first", True):
-        raise ValueError("the open_clip transformer runs sequence-first; build the model with batch_first=True")
+        raise ValueError(
+            "the open_clip transformer runs sequence-first; build the model with batch_first=True"
+        )
     if not -len(blocks) <= block < len(blocks):
         raise ValueError(f"block {block} out of range: the image tower has {len(blocks)} blocks")
     return blocks[block]
@@ -101,7 +109,8 @@ def spliced_contrastive_losses(
     PatchSAE's "layer 11" of CLIP ViT-B/16 is ``block = 10``)."""
     if images.shape[0] != texts.shape[0] or images.shape[0] < 2:
         raise ValueError(
-            f"need at least 2 matched image-text pairs, got {images.shape[0]} images and {texts.shape[0]} texts"
+            f"need at least 2 matched image-text pairs, got {images.shape[0]} images and "
+            f"{texts.shape[0]} texts"
         )
     text_features = model.encode_text(texts)
     scale = model.logit_scale.exp()
@@ -117,3 +126,54 @@ def spliced_contrastive_losses(
     gap = float(zero - original)
     score = float(with_sae - original) / gap if gap != 0 else float("nan")
     return SplicedContrastiveLosses(float(original), float(with_sae), float(zero), score)
+
+
+@torch.no_grad()
+def zero_shot_text_features(
+    model: torch.nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    classnames: Sequence[str],
+    templates: Sequence[Callable[[str], str]],
+) -> torch.Tensor:
+    """``(n_classes, embed_dim)``: per class, the mean over ``templates`` of the L2-normalised text embeddings
+    of ``template(classname)``. Not re-normalised after the mean, as in the authors' masking script
+    (patchsae.md §2.5; the 80 OpenAI ImageNet templates are ``open_clip.zero_shot_metadata``)."""
+    if not classnames or not templates:
+        raise ValueError("zero_shot_text_features needs at least one class name and one template")
+    device = model.logit_scale.device
+    features = []
+    for name in classnames:
+        texts = tokenizer([template(name) for template in templates]).to(device)
+        features.append(F.normalize(model.encode_text(texts), dim=-1).mean(dim=0))
+    return torch.stack(features)
+
+
+def block_tokens_classifier(
+    model: torch.nn.Module, block: int, text_features: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``classify_fn(tokens (b, T, d)) -> (b, n_classes)`` logits: the image tower run with resblock
+    ``block``'s output (0-based) replaced by ``tokens``, then ``exp(logit_scale) * normalize(image_features)
+    @ text_features.T`` (the authors' zero-shot head). The blocks before ``block`` run on blank images and
+    their output is discarded, as in the authors' hook-based intervention."""
+    resblock = _resblock(model, block)
+    height, width = model.visual.image_size
+
+    @torch.no_grad()
+    def classify(tokens: torch.Tensor) -> torch.Tensor:
+        def hook(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            if output.shape != tokens.shape:
+                raise ValueError(
+                    f"tokens have shape {tuple(tokens.shape)} but block {block} outputs {tuple(output.shape)}"
+                )
+            return tokens.to(output.dtype)
+
+        blank = torch.zeros(tokens.shape[0], 3, height, width, device=tokens.device)
+        handle = resblock.register_forward_hook(hook)
+        try:
+            image_features = model.encode_image(blank)
+        finally:
+            handle.remove()
+        scale = model.logit_scale.exp()
+        return scale * F.normalize(image_features, dim=-1) @ text_features.to(image_features).T
+
+    return classify

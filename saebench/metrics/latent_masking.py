@@ -41,6 +41,7 @@ __all__ = [
     "classification_accuracy",
     "masked_classification_accuracy",
     "masking_sweep",
+    "masking_sweep_logits",
 ]
 
 CLIP_RECONSTRUCTION_OFFSET = 0.105131256516992
@@ -149,6 +150,31 @@ def _check_tokens(tokens: torch.Tensor, labels: torch.Tensor) -> None:
         raise ValueError(f"labels must be ({tokens.shape[0]},) class ids, got {tuple(labels.shape)}")
 
 
+def _masked_logits(
+    sae: SAE,
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    class_latents: torch.Tensor,
+    classify_fn: ClassifyFn,
+    mode: str,
+    offset: float,
+    batch_size: int,
+) -> torch.Tensor:
+    logits = []
+    for start in range(0, tokens.shape[0], batch_size):
+        chunk, chunk_labels = tokens[start : start + batch_size], labels[start : start + batch_size]
+        latents = class_latents.to(chunk.device)[chunk_labels.to(chunk.device).long()]
+        logits.append(classify_fn(masked_reconstruction(sae, chunk, latents, mode, offset)))
+    return torch.cat(logits)
+
+
+def _check_class_count(labels: torch.Tensor, n_classes: int) -> None:
+    if int(labels.max()) >= n_classes:
+        raise ValueError(
+            f"labels go up to {int(labels.max())} but the class statistics have {n_classes} classes"
+        )
+
+
 @torch.no_grad()
 def masked_classification_accuracy(
     sae: SAE,
@@ -166,15 +192,38 @@ def masked_classification_accuracy(
     ``(n_classes, k)`` (:func:`class_top_latents`); ``classify_fn(tokens_hat (b, T, d)) -> (b, n_classes)``.
     """
     _check_tokens(tokens, labels)
-    n_classes = class_latents.shape[0]
-    if int(labels.max()) >= n_classes:
-        raise ValueError(f"labels go up to {int(labels.max())} but class_latents has {n_classes} classes")
-    logits = []
-    for start in range(0, tokens.shape[0], batch_size):
-        chunk, chunk_labels = tokens[start : start + batch_size], labels[start : start + batch_size]
-        latents = class_latents.to(chunk.device)[chunk_labels.to(chunk.device).long()]
-        logits.append(classify_fn(masked_reconstruction(sae, chunk, latents, mode, offset)))
-    return classification_accuracy(torch.cat(logits), labels, n_classes)
+    _check_class_count(labels, class_latents.shape[0])
+    logits = _masked_logits(sae, tokens, labels, class_latents, classify_fn, mode, offset, batch_size)
+    return classification_accuracy(logits, labels, class_latents.shape[0])
+
+
+@torch.no_grad()
+def masking_sweep_logits(
+    sae: SAE,
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    class_stats: torch.Tensor,
+    ks: Sequence[int],
+    classify_fn: ClassifyFn,
+    offset: float = 0.0,
+    batch_size: int = 256,
+) -> dict[str, torch.Tensor]:
+    """The logits behind :func:`masking_sweep`, row name -> ``(n_images, n_classes)``; concatenate them over
+    chunks of a dataset too large for memory, then score with :func:`classification_accuracy`."""
+    _check_tokens(tokens, labels)
+    _check_class_count(labels, class_stats.shape[0])
+    rows = {
+        "no_sae": torch.cat(
+            [classify_fn(tokens[s : s + batch_size]) for s in range(0, tokens.shape[0], batch_size)]
+        )
+    }
+    for k in ks:
+        top = class_top_latents(class_stats, k)
+        for mode in MASK_MODES:
+            rows[f"{mode}_{k}"] = _masked_logits(
+                sae, tokens, labels, top, classify_fn, mode, offset, batch_size
+            )
+    return rows
 
 
 @torch.no_grad()
@@ -190,16 +239,5 @@ def masking_sweep(
 ) -> dict[str, ClassificationAccuracy]:
     """The rows of the authors' ``metrics.csv``, in their order: ``"no_sae"`` (``classify_fn(tokens)``), then
     ``"on_<k>"``, ``"off_<k>"`` for each ``k`` (top latents from ``class_stats`` ``(n_classes, h)``)."""
-    _check_tokens(tokens, labels)
-    n_classes = class_stats.shape[0]
-    original = torch.cat(
-        [classify_fn(tokens[s : s + batch_size]) for s in range(0, tokens.shape[0], batch_size)]
-    )
-    rows = {"no_sae": classification_accuracy(original, labels, n_classes)}
-    for k in ks:
-        top = class_top_latents(class_stats, k)
-        for mode in MASK_MODES:
-            rows[f"{mode}_{k}"] = masked_classification_accuracy(
-                sae, tokens, labels, top, classify_fn, mode, offset, batch_size
-            )
-    return rows
+    logits = masking_sweep_logits(sae, tokens, labels, class_stats, ks, classify_fn, offset, batch_size)
+    return {name: classification_accuracy(row, labels, class_stats.shape[0]) for name, row in logits.items()}

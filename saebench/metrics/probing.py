@@ -13,6 +13,11 @@ The task definitions and the meaning of "truncation" were not available (note §
   negatives of the training split (:func:`top_latents_by_mean_difference`, the "sparse probing" selection
   of Gurnee et al. 2023), so a probe sees at most ``n`` SAE features;
 * probes are trained on a stratified split and scored by the binary F1 of the positive class on the rest.
+
+Speed: :func:`run_probes` ranks latents for every task at once and fits every task's logistic probe in one
+batched Newton solve (:func:`fit_logistic_batched`, the objective of scikit-learn's ``LogisticRegression``
+with balanced class weights; parity test in ``tests/metrics/test_probing.py``); XGBoost probes are fitted
+one task at a time on one thread.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ __all__ = [
     "binary_f1",
     "factor_probe_tasks",
     "top_latents_by_mean_difference",
+    "top_latents_per_task",
+    "balanced_sample_weights",
+    "fit_logistic_batched",
     "probe_f1",
     "run_probes",
 ]
@@ -80,39 +88,156 @@ def binary_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return 0.0 if tp == 0 else 2 * tp / (2 * tp + wrong)
 
 
+def top_latents_per_task(codes: np.ndarray, targets: np.ndarray, train: np.ndarray, n: int) -> np.ndarray:
+    """``(tasks, n)`` indices of the ``n`` latents with the largest ``|mean(codes | positive) -
+    mean(codes | negative)|`` over each task's training rows (ties: lower index first).
+
+    codes: ``(rows, n_latents)``; targets, train: ``(rows, tasks)`` bool (``train`` marks the rows each task
+    ranks on; each task needs a positive and a negative among them)."""
+    codes = np.asarray(codes, dtype=np.float64)
+    targets, train = np.asarray(targets, dtype=bool), np.asarray(train, dtype=bool)
+    if codes.ndim != 2 or targets.ndim != 2 or targets.shape[0] != codes.shape[0]:
+        raise ValueError(
+            f"codes must be (rows, n_latents) and targets (rows, tasks), got {codes.shape}, {targets.shape}"
+        )
+    if train.shape != targets.shape:
+        raise ValueError(f"train must have the shape of targets {targets.shape}, got {train.shape}")
+    if not 0 < n <= codes.shape[1]:
+        raise ValueError(f"n must be in [1, n_latents={codes.shape[1]}], got {n}")
+    positive = (targets & train).astype(np.float64)  # (rows, tasks)
+    negative = (~targets & train).astype(np.float64)
+    if (positive.sum(axis=0) == 0).any() or (negative.sum(axis=0) == 0).any():
+        raise ValueError("targets need both positives and negatives to rank latents")
+    gap = np.abs(
+        positive.T @ codes / positive.sum(axis=0)[:, None]
+        - negative.T @ codes / negative.sum(axis=0)[:, None]
+    )
+    return np.argsort(-gap, axis=1, kind="stable")[:, :n]
+
+
 def top_latents_by_mean_difference(codes: np.ndarray, targets: np.ndarray, n: int) -> np.ndarray:
     """Indices of the ``n`` latents with the largest ``|mean(codes | positive) - mean(codes | negative)|``
     (ties: lower index first). ``codes``: ``(rows, n_latents)``; ``targets``: ``(rows,)`` bool."""
-    codes, targets = np.asarray(codes, dtype=np.float64), np.asarray(targets, dtype=bool)
-    if codes.ndim != 2 or targets.shape != (codes.shape[0],):
-        raise ValueError(
-            f"codes must be (rows, n_latents) and targets (rows,), got {codes.shape}, {targets.shape}"
+    targets = np.asarray(targets, dtype=bool)
+    if targets.ndim != 1:
+        raise ValueError(f"codes must be (rows, n_latents) and targets (rows,), got targets {targets.shape}")
+    return top_latents_per_task(codes, targets[:, None], np.ones((len(targets), 1), dtype=bool), n)[0]
+
+
+def balanced_sample_weights(targets: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """``(rows, tasks)`` weights ``n_train / (2 n_class)`` on each task's training rows (scikit-learn's
+    ``class_weight="balanced"`` for two classes), 0 on the other rows."""
+    targets, train = np.asarray(targets, dtype=bool), np.asarray(train, dtype=bool)
+    n_train = train.sum(axis=0)
+    n_pos, n_neg = (targets & train).sum(axis=0), (~targets & train).sum(axis=0)
+    if (n_pos == 0).any() or (n_neg == 0).any():
+        raise ValueError("every task needs training positives and negatives")
+    weights = np.where(targets, n_train / (2.0 * n_pos), n_train / (2.0 * n_neg))
+    return np.where(train, weights, 0.0)
+
+
+def _logistic_objective(x, y, weight, coef, c):
+    """``0.5 ||w||² + c Σ_i s_i log(1 + exp(-y_i (x_i w + b)))`` per task (``y`` in ±1); shapes as below."""
+    margin = y * (torch.einsum("trn,tn->tr", x, coef[:, :-1]) + coef[:, -1:])
+    return 0.5 * coef[:, :-1].pow(2).sum(-1) + c * (weight * torch.nn.functional.softplus(-margin)).sum(-1)
+
+
+def fit_logistic_batched(
+    x: np.ndarray,
+    targets: np.ndarray,
+    weight: np.ndarray,
+    c: float = 1.0,
+    max_iter: int = 100,
+    tol: float = 1e-9,
+) -> tuple[np.ndarray, np.ndarray]:
+    """L2-penalised logistic regression for many tasks at once, by damped Newton steps (float64).
+
+    Minimises, per task ``t``, ``0.5 ||w_t||² + c Σ_i s_ti log(1 + exp(-y_ti (x_ti · w_t + b_t)))`` with
+    ``y = ±1`` and the intercept ``b_t`` not penalised: the objective of scikit-learn's
+    ``LogisticRegression(C=c)`` with sample weights ``s`` (``class_weight="balanced"`` is
+    :func:`balanced_sample_weights`). A step is halved until the objective does not increase (the objective
+    is strictly convex, so this converges to the same optimum as scikit-learn's solvers).
+
+    x: ``(tasks, rows, n)``; targets: ``(tasks, rows)`` bool; weight: ``(tasks, rows)`` >= 0 (0 drops a row).
+    Returns ``coef`` ``(tasks, n)`` and ``intercept`` ``(tasks,)``.
+    """
+    xt = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    if xt.ndim != 3:
+        raise ValueError(f"x must be (tasks, rows, n), got shape {tuple(xt.shape)}")
+    y = torch.as_tensor(np.asarray(targets, dtype=bool)).double() * 2 - 1
+    s = torch.as_tensor(np.asarray(weight, dtype=np.float64))
+    if y.shape != xt.shape[:2] or s.shape != xt.shape[:2]:
+        raise ValueError(f"targets and weight must be (tasks, rows) = {tuple(xt.shape[:2])}")
+    tasks, _, n = xt.shape
+    xa = torch.cat([xt, torch.ones_like(xt[..., :1])], dim=-1)  # (tasks, rows, n + 1), last column: intercept
+    penalty = torch.ones(n + 1, dtype=torch.float64)
+    penalty[-1] = 0.0
+    coef = torch.zeros(tasks, n + 1, dtype=torch.float64)
+    objective = _logistic_objective(xt, y, s, coef, c)
+    for _ in range(max_iter):
+        z = torch.einsum("trn,tn->tr", xa, coef)
+        p = torch.sigmoid(z)  # P(y = +1)
+        residual = c * s * (p - (y > 0).double())
+        grad = penalty * coef + torch.einsum("tr,trn->tn", residual, xa)
+        curvature = c * s * p * (1 - p)
+        hessian = torch.einsum("trn,tr,trm->tnm", xa, curvature, xa) + torch.diag_embed(
+            penalty.expand(tasks, -1)
         )
-    if not 0 < n <= codes.shape[1]:
-        raise ValueError(f"n must be in [1, n_latents={codes.shape[1]}], got {n}")
-    if targets.all() or not targets.any():
-        raise ValueError("targets need both positives and negatives to rank latents")
-    gap = np.abs(codes[targets].mean(axis=0) - codes[~targets].mean(axis=0))
-    return np.argsort(-gap, kind="stable")[:n]
+        step = torch.linalg.solve(hessian + 1e-12 * torch.eye(n + 1, dtype=torch.float64), grad)
+        scale = torch.ones(tasks, 1, dtype=torch.float64)
+        for _ in range(30):  # halve each task's step until its objective does not increase
+            trial = _logistic_objective(xt, y, s, coef - scale * step, c)
+            worse = trial > objective + 1e-12 * objective.abs()
+            if not worse.any():
+                break
+            scale = torch.where(worse[:, None], scale / 2, scale)
+        coef = coef - scale * step
+        objective = _logistic_objective(xt, y, s, coef, c)
+        if float((scale * step).abs().max()) < tol:
+            break
+    return coef[:, :-1].numpy(), coef[:, -1].numpy()
 
 
-def _classifier(kind: str, seed: int):
-    if kind == "logistic":
-        from sklearn.linear_model import LogisticRegression
+def _xgboost(seed: int):
+    from xgboost import XGBClassifier
 
-        return LogisticRegression(max_iter=1000, class_weight="balanced")
-    if kind == "xgboost":
-        from xgboost import XGBClassifier
-
-        return XGBClassifier(n_estimators=50, max_depth=3, random_state=seed, n_jobs=1, verbosity=0)
-    raise ValueError(f"unknown probe kind {kind!r}; choose one of {PROBE_KINDS}")
+    return XGBClassifier(n_estimators=50, max_depth=3, random_state=seed, n_jobs=1, verbosity=0)
 
 
-def _split(targets: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _split(targets: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+    """``(rows,)`` bool training mask of a stratified split (scikit-learn ``train_test_split``)."""
     from sklearn.model_selection import train_test_split
 
-    index = np.arange(len(targets))
-    return train_test_split(index, test_size=test_fraction, random_state=seed, stratify=targets)
+    train, _ = train_test_split(
+        np.arange(len(targets)), test_size=test_fraction, random_state=seed, stratify=targets
+    )
+    mask = np.zeros(len(targets), dtype=bool)
+    mask[train] = True
+    return mask
+
+
+def _task_f1(
+    codes: np.ndarray, targets: np.ndarray, train: np.ndarray, kind: str, n: int, seed: int
+) -> np.ndarray:
+    """``(tasks,)`` test F1 of a ``kind`` probe per task on the ``n`` top latents of its training rows.
+    codes ``(rows, n_latents)``; targets, train ``(rows, tasks)`` bool."""
+    if kind not in PROBE_KINDS:
+        raise ValueError(f"unknown probe kind {kind!r}; choose one of {PROBE_KINDS}")
+    columns = top_latents_per_task(codes, targets, train, n)  # (tasks, n)
+    x = codes.T[columns].transpose(0, 2, 1)  # (tasks, rows, n)
+    if kind == "logistic":
+        coef, intercept = fit_logistic_batched(x, targets.T, balanced_sample_weights(targets, train).T)
+        predicted = np.einsum("trn,tn->tr", x, coef) + intercept[:, None] > 0
+    else:
+        predicted = np.stack(
+            [
+                _xgboost(seed).fit(x[t][train[:, t]], targets[train[:, t], t]).predict(x[t]).astype(bool)
+                for t in range(targets.shape[1])
+            ]
+        )
+    return np.array(
+        [binary_f1(targets[~train[:, t], t], predicted[t][~train[:, t]]) for t in range(targets.shape[1])]
+    )
 
 
 def probe_f1(
@@ -128,14 +253,9 @@ def probe_f1(
     codes, targets = np.asarray(codes, dtype=np.float64), np.asarray(targets, dtype=bool)
     if not np.isfinite(codes).all():
         raise ValueError("codes contain NaN/Inf values")
-    train, test = _split(targets, test_fraction, seed)
-    columns = (
-        np.arange(codes.shape[1])
-        if n_latents is None
-        else top_latents_by_mean_difference(codes[train], targets[train], n_latents)
-    )
-    probe = _classifier(kind, seed).fit(codes[train][:, columns], targets[train])
-    return binary_f1(targets[test], probe.predict(codes[test][:, columns]))
+    train = _split(targets, test_fraction, seed)[:, None]
+    n = codes.shape[1] if n_latents is None else n_latents
+    return float(_task_f1(codes, targets[:, None], train, kind, n, seed)[0])
 
 
 def run_probes(
@@ -145,17 +265,32 @@ def run_probes(
     trunc_lengths: Sequence[int],
     kinds: Sequence[str] = PROBE_KINDS,
     seed: int = 0,
+    test_fraction: float = 0.25,
 ) -> list[dict[str, object]]:
     """One row ``{task, kind, trunc_length, f1}`` per task x kind x truncation length (the layout of the
-    authors' ``probe_results/results_<n>.csv``). Tasks with fewer than 4 positives are skipped (a
-    stratified split needs positives on both sides)."""
+    authors' ``probe_results/results_<n>.csv``), in task order. Each task has its own stratified split
+    (``test_fraction`` held out). Tasks with fewer than 4 positives or negatives are skipped (a stratified
+    split needs both classes on both sides)."""
     codes = codes.detach().cpu().numpy() if isinstance(codes, torch.Tensor) else np.asarray(codes)
-    rows = []
+    codes = np.asarray(codes, dtype=np.float64)
+    if not np.isfinite(codes).all():
+        raise ValueError("codes contain NaN/Inf values")
+    kept, columns = [], []
     for task in tasks:
         targets = task.targets(labels)
-        if targets.sum() < 4 or (~targets).sum() < 4:
-            continue
-        for kind, n in itertools.product(kinds, trunc_lengths):
-            f1 = probe_f1(codes, targets, kind=kind, n_latents=min(n, codes.shape[1]), seed=seed)
-            rows.append({"task": task.name, "kind": kind, "trunc_length": n, "f1": f1})
-    return rows
+        if targets.sum() >= 4 and (~targets).sum() >= 4:
+            kept.append(task)
+            columns.append(targets)
+    if not kept:
+        return []
+    targets = np.stack(columns, axis=1)  # (rows, tasks)
+    train = np.stack([_split(targets[:, t], test_fraction, seed) for t in range(len(kept))], axis=1)
+    scores = {
+        (kind, n): _task_f1(codes, targets, train, kind, min(n, codes.shape[1]), seed)
+        for kind, n in itertools.product(kinds, trunc_lengths)
+    }
+    return [
+        {"task": task.name, "kind": kind, "trunc_length": n, "f1": float(scores[kind, n][t])}
+        for t, task in enumerate(kept)
+        for kind, n in itertools.product(kinds, trunc_lengths)
+    ]

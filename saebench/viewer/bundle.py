@@ -32,7 +32,8 @@ import torch
 from PIL import Image
 
 from saebench.acts.tokens import TokenLayout
-from saebench.viewer.stats import PATCHSAE_TAU, LatentStats, LatentStatsAccumulator
+from saebench.metrics.patch_stats import ACTIVATION_THRESHOLD
+from saebench.viewer.stats import LatentStats, LatentStatsAccumulator
 
 FORMAT_NAME = "saebench-viewer-bundle"
 FORMAT_VERSION = 1
@@ -40,7 +41,7 @@ MANIFEST = "manifest.json"
 IMAGE_DIR = "images"
 STAT_NAMES = ("frequency", "token_frequency", "mean_activation", "max_activation", "label_entropy")
 CHUNK_ELEMENTS = 1 << 24
-"""Codes given whole (dense or sparse) are processed this many elements ``b*T*h`` at a time (64 MiB float32)."""
+"""Codes given whole (dense or sparse) are processed ``b*T*h`` elements at a time (64 MiB of float32)."""
 
 
 class ViewerBundleError(ValueError):
@@ -134,7 +135,9 @@ def _labels(labels: Any, class_names: Sequence[str] | None, n_images: int) -> tu
         return np.full(n_images, -1, dtype=np.int64), []
     array = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
     if array.shape != (n_images,) or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"labels must be ({n_images},) integers, got shape {array.shape} dtype {array.dtype}")
+        raise ValueError(
+            f"labels must be ({n_images},) integers, got shape {array.shape} dtype {array.dtype}"
+        )
     names = list(class_names) if class_names is not None else [str(c) for c in range(int(array.max()) + 1)]
     if array.min() < 0 or array.max() >= len(names):
         raise ValueError(
@@ -151,7 +154,7 @@ def write_viewer_bundle(
     labels: Any = None,
     class_names: Sequence[str] | None = None,
     top_n: int = 10,
-    tau: float = PATCHSAE_TAU,
+    tau: float = ACTIVATION_THRESHOLD,
     title: str = "",
 ) -> Path:
     """Compute the viewer's per-latent statistics and write a bundle folder (see the module docstring).
@@ -199,12 +202,13 @@ def write_viewer_bundle(
         if seen + b > n:
             raise ValueError(f"codes cover more than the {n} images given")
         chunk_labels = torch.from_numpy(label_array[seen : seen + b]) if names else None
-        accumulator.update(chunk, chunk_labels)
         rows = chunk.reshape(b * n_tokens, -1)
         row_index, latent_index = torch.nonzero(rows, as_tuple=True)
+        values = rows[row_index, latent_index]
+        accumulator.update_sparse(b, n_tokens, row_index, latent_index, values, chunk_labels)
         row_nnz.append(torch.bincount(row_index, minlength=b * n_tokens).numpy())
         code_latents.append(latent_index.numpy().astype(np.int32))
-        code_values.append(rows[row_index, latent_index].numpy().astype(np.float32))
+        code_values.append(values.numpy())
         seen += b
     if accumulator is None or seen != n:
         raise ValueError(f"codes cover {seen} images but {n} images were given; they must match one to one")
@@ -308,7 +312,9 @@ _MANIFEST_KEYS = {
 def _read_manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST
     if not root.is_dir():
-        raise ViewerBundleError(f"{root} is not a folder; pass a bundle folder written by write_viewer_bundle")
+        raise ViewerBundleError(
+            f"{root} is not a folder; pass a bundle folder written by write_viewer_bundle"
+        )
     if not path.is_file():
         raise ViewerBundleError(
             f"{root} has no {MANIFEST}, so it is not a viewer bundle; write one with "
@@ -372,9 +378,14 @@ def load_viewer_bundle(root: str | Path) -> ViewerBundle:
     try:
         layout = TokenLayout.from_dict(manifest["layout"])
     except (KeyError, TypeError, ValueError) as err:
-        raise ViewerBundleError(f"{root / MANIFEST}: bad token layout {manifest['layout']!r} ({err})") from err
+        raise ViewerBundleError(
+            f"{root / MANIFEST}: bad token layout {manifest['layout']!r} ({err})"
+        ) from err
     specs = _array_specs(
-        manifest["n_images"], layout.n_tokens, manifest["n_latents"], len(manifest["class_names"]),
+        manifest["n_images"],
+        layout.n_tokens,
+        manifest["n_latents"],
+        len(manifest["class_names"]),
         manifest["top_n"],
     )
     if sorted(manifest["arrays"]) != sorted(specs):

@@ -67,7 +67,9 @@ def _concept_pixels(concept: int, patch: int) -> np.ndarray:
     return patterns[concept]
 
 
-def planted_token_world(n_images: int = 96, grid: int = 4, patch: int = 8, seed: int = 0) -> PlantedTokenWorld:
+def planted_token_world(
+    n_images: int = 96, grid: int = 4, patch: int = 8, seed: int = 0
+) -> PlantedTokenWorld:
     """Draw the world described in the module docstring (deterministic in ``seed``)."""
     if n_images <= 0 or grid < 2 or patch < 4:
         raise ValueError(f"need n_images > 0, grid >= 2, patch >= 4; got {n_images}, {grid}, {patch}")

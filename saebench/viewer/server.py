@@ -4,8 +4,8 @@ Routes (all ``GET``; JSON unless noted; NaN statistics are sent as ``null``):
 
 - ``/`` and ``/static/<file>``: the page (``saebench/viewer/static/``).
 - ``/images/<i>.png``: image ``i`` of the bundle (PNG).
-- ``/api/summary``: title, counts, token layout, image shape, class names, ``top_n``, ``tau``, and the names of
-  the sortable statistics.
+- ``/api/summary``: title, counts, token layout, image shape, class names, ``top_n``, ``tau``, and the
+  names of the sortable statistics.
 - ``/api/latents?sort=<stat>&order=desc|asc&offset=0&limit=100&alive=1``: one page of the latent table
   (index and statistics); ``alive=1`` drops latents that never fire; NaN sorts last.
 - ``/api/latent/<s>``: the latent's statistics, its class counts and its top images, each with its label and
@@ -54,7 +54,9 @@ def _int_param(query: dict[str, list[str]], name: str, default: int, low: int, h
     try:
         value = int(raw)
     except ValueError:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"query parameter {name}={raw!r} is not an integer") from None
+        raise RequestError(
+            HTTPStatus.BAD_REQUEST, f"query parameter {name}={raw!r} is not an integer"
+        ) from None
     if not low <= value <= high:
         raise RequestError(HTTPStatus.BAD_REQUEST, f"query parameter {name}={value} is outside {low}..{high}")
     return value
@@ -134,13 +136,14 @@ class ViewerAPI:
             if image >= 0
         ]
         classes = [
-            {"label": c, "name": name, "count": int(counts[c])} for c, name in enumerate(self.bundle.class_names)
+            {"label": c, "name": name, "count": int(counts[c])}
+            for c, name in enumerate(self.bundle.class_names)
         ]
         return {**self.latent_row(latent), "class_counts": classes, "top_images": top}
 
     def image(self, raw: str, query: dict[str, list[str]]) -> dict[str, Any]:
         image = self.checked_index(raw, self.bundle.n_images, "image")
-        limit = _int_param(query, "limit", 50, 1, self.bundle.n_latents)
+        limit = _int_param(query, "limit", 50, 1, 10_000)
         token_codes = self.bundle.token_codes(image)
         n_tokens = len(token_codes)
         totals: dict[int, float] = {}
@@ -156,10 +159,12 @@ class ViewerAPI:
             "label": label,
             "label_name": self._label_name(label),
             "tokens": [
-                [[int(s), float(v)] for s, v in zip(latents, values, strict=True)] for latents, values in token_codes
+                [[int(s), float(v)] for s, v in zip(latents, values, strict=True)]
+                for latents, values in token_codes
             ],
             "latents": [
-                {"latent": s, "mean_activation": totals[s] / n_tokens, "max_activation": peaks[s]} for s in ranked
+                {"latent": s, "mean_activation": totals[s] / n_tokens, "max_activation": peaks[s]}
+                for s in ranked
             ],
         }
 
@@ -199,6 +204,8 @@ def _make_handler(api: ViewerAPI) -> type[BaseHTTPRequestHandler]:
                 self._send_json(err.status, {"error": str(err)})
 
         def _route(self, route: str, query: dict[str, list[str]]) -> None:
+            if route == "/favicon.ico":
+                return self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
             if route in ("/", "/index.html"):
                 return self._file(STATIC_DIR / "index.html", STATIC_TYPES[".html"])
             if route.startswith("/static/"):

@@ -1,22 +1,24 @@
 """Per-latent statistics for the viewer, accumulated over chunks of token codes.
 
-The definitions follow PatchSAE (Lim et al., ICLR 2025; ``shared/papers/patchsae.md`` §2.1-§2.2 and the authors'
-``compute_sae_feature_data.py`` / ``compute_class_wise_sae_activation.py``). With ``h[i, j, s]`` the code of
-latent ``s`` at token ``j`` of image ``i`` (all ``T`` tokens, class token included):
+The definitions follow PatchSAE (Lim et al., ICLR 2025; ``shared/papers/patchsae.md`` §2.1-§2.2, and the
+authors' ``compute_sae_feature_data.py`` / ``compute_class_wise_sae_activation.py``). With ``h[i, j, s]`` the
+code of latent ``s`` at token ``j`` of image ``i`` (all ``T`` tokens, class token included):
 
 - image-level activation ``a_img[i, s] = mean_j h[i, j, s]`` (§2.1 definition 1);
 - ``frequency[s]`` = fraction of images with ``a_img[i, s] > 0`` (§2.2 "activated frequency");
-- ``mean_activation[s]`` = sum of ``a_img[:, s]`` / number of images with ``a_img[i, s] > 0``; NaN for a latent
-  that never fires (the authors' code divides by zero the same way);
-- top images: the ``top_n`` images with the largest positive ``a_img[:, s]`` ("reference images"; the code keeps
-  10), ties broken by the smaller image index;
+- ``mean_activation[s]`` = sum of ``a_img[:, s]`` / number of images with ``a_img[i, s] > 0``; NaN for a
+  latent that never fires (the authors' code divides by zero the same way);
+- top images: the ``top_n`` images with the largest positive ``a_img[:, s]`` ("reference images"; the code
+  keeps 10), ties broken by the smaller image index;
 - ``label_entropy[s]`` (Eq. 3, after Fry 2024): ``p_c`` = share of the reference images' total activation
-  carried by images of class ``c``; entropy ``-sum_c p_c ln(p_c + 1e-9)`` (natural log); ``-1`` when fewer than
-  ``top_n`` reference images have a positive activation or there are no labels (the code's ``-1`` rule);
+  carried by images of class ``c``; entropy ``-sum_c p_c ln(p_c + 1e-9)`` (natural log); ``-1`` when fewer
+  than ``top_n`` reference images have a positive activation or there are no labels (the code's ``-1`` rule);
 - ``class_counts[s, c] = sum_{i in class c} sum_j 1[h[i, j, s] > tau]`` (Eq. 4-5, ``tau = 0.2`` in §A.1).
 
-Two extra summaries are ours: ``token_frequency[s]`` (fraction of tokens with ``h > 0``) and
-``max_activation[s]`` (the largest ``h`` over all tokens).
+The dense, whole-dataset forms of these statistics are :mod:`saebench.metrics.patch_stats`; this module
+streams them chunk by chunk from the non-zero codes only (memory ``O(h * (top_n + C))``, time proportional
+to the non-zeros), and its test checks the two agree. Two extra summaries are ours: ``token_frequency[s]``
+(fraction of tokens with ``h > 0``) and ``max_activation[s]`` (the largest ``h`` over all tokens, at least 0).
 """
 
 from __future__ import annotations
@@ -27,11 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-PATCHSAE_TAU = 0.2
-"""Activation threshold of PatchSAE's class-level counts (patchsae.md §1.1, paper §A.1)."""
-
-ENTROPY_EPS = 1e-9
-"""The ``+ 1e-9`` inside the log of PatchSAE's label entropy (patchsae.md §2.2)."""
+from saebench.metrics.patch_stats import ACTIVATION_THRESHOLD, ENTROPY_EPS
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,7 @@ class LatentStatsAccumulator:
     Memory is ``O(h * (top_n + C))`` whatever the number of images.
     """
 
-    def __init__(self, n_latents: int, n_classes: int, top_n: int, tau: float = PATCHSAE_TAU) -> None:
+    def __init__(self, n_latents: int, n_classes: int, top_n: int, tau: float = ACTIVATION_THRESHOLD) -> None:
         if n_latents <= 0:
             raise ValueError(f"n_latents must be positive, got {n_latents}")
         if top_n <= 0:
@@ -103,27 +101,44 @@ class LatentStatsAccumulator:
 
     def update(self, codes: Tensor, labels: Tensor | None) -> None:
         """Add the next ``b`` images: ``codes`` ``(b, T, h)`` float, ``labels`` ``(b,)`` int64 or ``None``."""
-        b = codes.shape[0]
-        codes = codes.float()
-        image_mean = codes.mean(dim=1)  # (b, h)
+        b, n_tokens, _ = codes.shape
+        rows, latents = torch.nonzero(codes.reshape(b * n_tokens, -1), as_tuple=True)
+        values = codes.reshape(b * n_tokens, -1)[rows, latents].float()
+        self.update_sparse(b, n_tokens, rows, latents, values, labels)
+
+    def update_sparse(
+        self, b: int, n_tokens: int, rows: Tensor, latents: Tensor, values: Tensor, labels: Tensor | None
+    ) -> None:
+        """Add the next ``b`` images given by their non-zero codes: ``values[k]`` is the code of latent
+        ``latents[k]`` at row ``rows[k]`` of the chunk's ``(b * T)`` rows ``(image, token)``, image-major.
+
+        Computes what :func:`~saebench.metrics.patch_stats.image_level_activation` and
+        :func:`~saebench.metrics.patch_stats.class_latent_statistics` compute on the dense chunk, in time
+        proportional to the non-zeros (a chunk of an SAE's codes is mostly zeros).
+        """
+        h = self.n_latents
+        images = torch.div(rows, n_tokens, rounding_mode="floor")
+        image_mean = torch.zeros(b * h).index_add_(0, images * h + latents, values).reshape(b, h) / n_tokens
         self._active_images += (image_mean > 0).sum(dim=0)
-        self._active_tokens += (codes > 0).sum(dim=(0, 1))
+        self._active_tokens += torch.bincount(latents[values > 0], minlength=h)
         self._image_mean_sum += image_mean.double().sum(dim=0)
-        if b:
-            self._max = torch.maximum(self._max, codes.amax(dim=(0, 1)).double())
+        self._max.scatter_reduce_(0, latents, values.double(), reduce="amax")
         if labels is not None:
-            above = (codes > self.tau).sum(dim=1)  # (b, h)
-            self._class_counts.index_add_(1, labels, above.T.contiguous())
+            above = values > self.tau
+            keys = latents[above] * self.n_classes + labels[images[above]]
+            self._class_counts += torch.bincount(keys, minlength=h * self.n_classes).reshape(
+                h, self.n_classes
+            )
             self._labels.append(labels)
         candidates = torch.cat([self._top_values, image_mean.T], dim=1)
         candidate_images = torch.cat(
-            [self._top_images, (torch.arange(b) + self.n_images).expand(self.n_latents, b)], dim=1
+            [self._top_images, (torch.arange(b) + self.n_images).expand(h, b)], dim=1
         )
         order = torch.sort(candidates, dim=1, descending=True, stable=True).indices[:, : self.top_n]
         self._top_values = candidates.gather(1, order)
         self._top_images = candidate_images.gather(1, order)
         self.n_images += b
-        self.n_tokens += b * codes.shape[1]
+        self.n_tokens += b * n_tokens
 
     def finish(self) -> LatentStats:
         """The statistics of every image seen so far."""

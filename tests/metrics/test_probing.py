@@ -73,3 +73,46 @@ def test_run_probes_rows():
         ("shape=1", 2),
     ]  # shape=5 has no positives: skipped
     assert all(r["f1"] == 1.0 for r in rows)
+
+
+def test_batched_logistic_matches_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+
+    from saebench.metrics.probing import balanced_sample_weights, fit_logistic_batched
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 300, 4)) * np.array([1.0, 3.0, 0.5, 2.0])
+    targets = (x[..., 0] + 0.5 * x[..., 1] + rng.normal(size=(3, 300)) > 1.0).T  # (rows, tasks), imbalanced
+    train = rng.random((300, 3)) < 0.75
+    coef, intercept = fit_logistic_batched(x, targets.T, balanced_sample_weights(targets, train).T)
+    for t in range(3):
+        rows = train[:, t]
+        ref = LogisticRegression(class_weight="balanced", tol=1e-10, max_iter=10_000)
+        ref.fit(x[t][rows], targets[rows, t])
+        # both minimise the same strictly convex objective; 1e-4 covers lbfgs's stopping tolerance
+        np.testing.assert_allclose(coef[t], ref.coef_[0], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(intercept[t], ref.intercept_[0], rtol=1e-4, atol=1e-4)
+
+
+def test_balanced_weights_by_hand():
+    from saebench.metrics.probing import balanced_sample_weights
+
+    # task 0 trains on rows 0-3 with 1 positive, 3 negatives: positive weight 4 / (2 * 1) = 2, negative
+    # 4 / (2 * 3) = 2/3; row 4 is held out (weight 0)
+    targets = np.array([[True], [False], [False], [False], [True]])
+    train = np.array([[True], [True], [True], [True], [False]])
+    np.testing.assert_allclose(balanced_sample_weights(targets, train)[:, 0], [2, 2 / 3, 2 / 3, 2 / 3, 0])
+
+
+@pytest.mark.parametrize("kind", ["logistic", "xgboost"])
+def test_run_probes_equals_one_probe_per_task(kind):
+    rng = np.random.default_rng(3)
+    labels = {"colour": torch.as_tensor(rng.integers(0, 3, 240))}
+    codes = rng.random((240, 6))
+    codes[:, 2] += labels["colour"].numpy() == 1
+    codes[:, 4] += 0.5 * (labels["colour"].numpy() == 2)
+    tasks = factor_probe_tasks({"colour": 3}, single=["colour"])
+    rows = run_probes(codes, labels, tasks, trunc_lengths=[2], kinds=[kind], seed=5)
+    for task, row in zip(tasks, rows, strict=True):
+        alone = probe_f1(codes, task.targets(labels), kind=kind, n_latents=2, seed=5)
+        assert row["f1"] == pytest.approx(alone, abs=1e-12)

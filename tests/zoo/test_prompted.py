@@ -96,7 +96,7 @@ def test_backbone_hooks_read_the_residual_stream_with_prompts_as_registers(tiny_
 
 def test_split_accuracy_classifies_among_the_split_only():
     class Fixed(torch.nn.Module):
-        """Logits: class 9 always scores 10; the true class 1 + its own id / 10; class 0 scores 2."""
+        """Logits: class 9 scores 10, class 2 scores 3, class 0 scores 2, classes 1 and 3 score 1."""
 
         def forward(self, images: torch.Tensor) -> torch.Tensor:
             logits = torch.zeros(len(images), 10)
