@@ -174,6 +174,10 @@ def test_pick_latent_then_image_in_a_headless_browser(browser, base_url, world, 
     crop = shot[y : y + 256, x : x + 256]
     np.testing.assert_allclose(crop, big_pixels, atol=PIXEL_TOL)
     assert np.all(cell_means(crop, 4)[world.masks[image] == latent].argmax(axis=-1) == 0)
+    # Untick "heatmap": the image view shows the plain image, scaled nearest-neighbour.
+    browser.find_element(By.ID, "show-heatmap").click()
+    plain = world.images[image].repeat(8, axis=0).repeat(8, axis=1)
+    WebDriverWait(browser, 5).until(lambda d: np.abs(canvas_pixels(d, big) - plain).max() <= PIXEL_TOL)
     assert browser.find_element(By.ID, "status").text == ""
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []

@@ -204,7 +204,7 @@ async function drawImageView() {
   const canvas = $("image-canvas");
   [canvas.width, canvas.height] = canvasSize(IMAGE_CANVAS);
   const latent = state.latent;
-  const tokens = latent === null ? null : tokenValues(data, latent);
+  const tokens = latent === null || !$("show-heatmap").checked ? null : tokenValues(data, latent);
   const scale = tokens ? Math.max(0, ...patchValues(tokens)) : 0;
   drawHeatmap(canvas, await loadImage(data.image), tokens, scale);
   canvas.dataset.latent = latent ?? "";
@@ -271,6 +271,7 @@ function wire() {
   $("image-latents").addEventListener("click", (e) => pickRow(e, showLatent));
   $("token-latents").addEventListener("click", (e) => pickRow(e, showLatent));
   $("image-canvas").addEventListener("click", showToken);
+  $("show-heatmap").addEventListener("change", () => drawImageView().catch(report));
 }
 
 async function start() {
