@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "saebench.acts.cli",
     "saebench.repro.cli",
     "saebench.zoo.cli",
+    "saebench.viewer.cli",
 )
 
 

@@ -129,6 +129,7 @@ def _code_chunks(codes: Any, n_images: int, n_tokens: int) -> Iterator[torch.Ten
 
 
 def _labels(labels: Any, class_names: Sequence[str] | None, n_images: int) -> tuple[np.ndarray, list[str]]:
+    """``(n,)`` int64 labels (all ``-1`` when None) and the class names (default ``"0", "1", ...``)."""
     if labels is None:
         if class_names:
             raise ValueError("class_names were given without labels; pass labels (n,) too")

@@ -7,8 +7,10 @@ ground truth an ideal SAE would recover, laid out as a ViT's tokens ``[cls, patc
 
 - latent ``k < K`` (concept ``k``) fires at each cell the concept covers with a per-image strength in
   ``[0.6, 1.4]``, and at the class token with half the main concept's strength;
-- latent ``K`` ("background") fires weakly (``[0.05, 0.2]``) on a random half of the empty cells;
-- latent ``K + 1`` never fires: the viewer shows how a dead latent looks.
+- :data:`OBJECT_LATENT` ("any object", ``K``) fires on every covered cell with a per-image strength in
+  ``[0.3, 1.2]``, so a covered token has two latents, in either order of strength;
+- :data:`BACKGROUND_LATENT` (``K + 1``) fires weakly (``[0.05, 0.2]``) on a random half of the empty cells;
+- :data:`DEAD_LATENT` (``K + 2``) never fires: the viewer shows how a dead latent looks.
 
 This is our design (no paper defines it); it shows the viewer working with nothing cached, and its masks are
 the answer key of the viewer's browser test.
@@ -37,10 +39,13 @@ CONCEPTS: tuple[tuple[str, tuple[int, int, int]], ...] = (
 EMPTY = -1
 """Mask value of a cell that no concept covers."""
 
+OBJECT_LATENT, BACKGROUND_LATENT, DEAD_LATENT = len(CONCEPTS), len(CONCEPTS) + 1, len(CONCEPTS) + 2
+N_LATENTS = len(CONCEPTS) + 3
+
 
 @dataclass(frozen=True)
 class PlantedTokenWorld:
-    """images ``(n, S, S, 3)`` uint8 with ``S = grid * patch``; codes ``(n, 1 + grid**2, K + 2)`` float32;
+    """images ``(n, S, S, 3)`` uint8 with ``S = grid * patch``; codes ``(n, 1 + grid**2, K + 3)`` float32;
     labels ``(n,)`` int64 (the main concept); masks ``(n, grid, grid)`` int64 concept per cell or EMPTY."""
 
     images: np.ndarray
@@ -78,7 +83,7 @@ def planted_token_world(
     size = grid * patch
     layout = TokenLayout(n_cls=1, grid=(grid, grid))
     images = rng.integers(10, 40, size=(n_images, size, size, 3)).astype(np.uint8)
-    codes = np.zeros((n_images, layout.n_tokens, n_concepts + 2), dtype=np.float32)
+    codes = np.zeros((n_images, layout.n_tokens, N_LATENTS), dtype=np.float32)
     masks = np.full((n_images, grid, grid), EMPTY, dtype=np.int64)
     labels = rng.integers(0, n_concepts, size=n_images)
     for i, label in enumerate(labels):
@@ -91,13 +96,15 @@ def planted_token_world(
             row, col = free[rng.integers(len(free))]
             masks[i, row, col] = second
         strengths = rng.uniform(0.6, 1.4, size=n_concepts)
+        object_strength = rng.uniform(0.3, 1.2)
         for (row, col), concept in np.ndenumerate(masks[i]):
             token = layout.n_prefix + row * grid + col
             if concept == EMPTY:
                 if rng.random() < 0.5:
-                    codes[i, token, n_concepts] = rng.uniform(0.05, 0.2)
+                    codes[i, token, BACKGROUND_LATENT] = rng.uniform(0.05, 0.2)
                 continue
             codes[i, token, concept] = strengths[concept]
+            codes[i, token, OBJECT_LATENT] = object_strength
             cell = images[i, row * patch : (row + 1) * patch, col * patch : (col + 1) * patch]
             cell[_concept_pixels(concept, patch)] = CONCEPTS[concept][1]
         codes[i, 0, label] = strengths[label] / 2

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from saebench.viewer.demo import OBJECT_LATENT
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 WINDOW = (1280, 900)
@@ -126,9 +128,12 @@ def test_pick_latent_then_image_in_a_headless_browser(browser, base_url, world, 
     bars = browser.find_elements(By.CSS_SELECTOR, "#class-dist .bar-row")
     assert [b.find_elements(By.TAG_NAME, "span")[0].text for b in bars] == list(world.class_names)
 
-    # Pick the first top image: the image view lists its latents, ranked by mean over tokens.
-    image = expected_top[0]
-    browser.find_element(By.CSS_SELECTOR, "#top-images figure").click()
+    # Pick a top image where "any object" outweighs the latent, so a patch's list must be sorted by value.
+    def object_leads(i: int) -> bool:
+        return world.codes[i, 1:, OBJECT_LATENT].max() > world.codes[i, 1:, latent].max()
+
+    image = next(i for i in expected_top if object_leads(i))
+    browser.find_elements(By.CSS_SELECTOR, "#top-images figure")[expected_top.index(image)].click()
     wait_for(browser, "document.body.dataset.image", str(image))
     means = world.codes[image].mean(axis=0)
     ranked = sorted(np.flatnonzero(means > 0), key=lambda s: (-means[s], s))
@@ -150,9 +155,7 @@ def test_pick_latent_then_image_in_a_headless_browser(browser, base_url, world, 
     ).click().perform()
     token = 1 + row * 4 + col
     token_rows = browser.find_elements(By.CSS_SELECTOR, "#token-latents tbody tr")
-    assert [int(r.get_attribute("data-latent")) for r in token_rows] == list(
-        np.flatnonzero(world.codes[image, token])
-    )
+    assert [int(r.get_attribute("data-latent")) for r in token_rows] == [OBJECT_LATENT, latent]
     assert (
         browser.find_element(By.ID, "token-heading").text == f"Patch row {row}, column {col} (token {token})"
     )

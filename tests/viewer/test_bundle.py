@@ -14,6 +14,7 @@ from PIL import Image
 from saebench.acts.tokens import TokenLayout
 from saebench.viewer import ViewerBundleError, load_viewer_bundle, write_viewer_bundle
 from saebench.viewer.bundle import FORMAT_VERSION, MANIFEST, STAT_NAMES, image_filename
+from saebench.viewer.demo import BACKGROUND_LATENT, DEAD_LATENT, OBJECT_LATENT
 from saebench.viewer.stats import LatentStatsAccumulator
 
 
@@ -46,7 +47,12 @@ def test_round_trip_keeps_images_codes_labels_and_stats(world, bundle_dir):
 
 def test_latent_over_tokens_reads_one_latent_back(world, bundle_dir):
     bundle = load_viewer_bundle(bundle_dir)
-    for image, latent in [(0, int(world.labels[0])), (5, 6), (7, 7)]:
+    for image, latent in [
+        (0, int(world.labels[0])),
+        (5, OBJECT_LATENT),
+        (7, BACKGROUND_LATENT),
+        (7, DEAD_LATENT),
+    ]:
         np.testing.assert_array_equal(bundle.latent_over_tokens(image, latent), world.codes[image, :, latent])
 
 
@@ -138,7 +144,7 @@ def _save(root, name, array):
         (lambda r: _save(r, "latent_frequency.npy", np.zeros(3)), r"latent_frequency.npy is float64 \(3,\)"),
         (lambda r: _save(r, "labels.npy", np.zeros(24, dtype=np.int32)), "expected int64"),
         (lambda r: (r / "codes_values.npy").write_bytes(b"junk"), "not a readable .npy"),
-        (lambda r: _save(r, "codes_latents.npy", np.load(r / "codes_latents.npy") + 100), "outside 0..7"),
+        (lambda r: _save(r, "codes_latents.npy", np.load(r / "codes_latents.npy") + 100), "outside 0..8"),
         (
             lambda r: _save(r, "latent_top_images.npy", np.load(r / "latent_top_images.npy") + 50),
             "outside -1..23",

@@ -14,6 +14,7 @@ import urllib.request
 import pytest
 
 from saebench.viewer.cli import bundle_folder, register, run_view
+from saebench.viewer.demo import N_LATENTS
 
 # The parser comes from the verb's own register(): the test does not depend on saebench/cli.py's wiring.
 LAUNCH = (
@@ -45,7 +46,7 @@ def test_demo_serves_the_planted_world_on_a_free_port():
         with urllib.request.urlopen(match.group(1) + "api/summary", timeout=10) as response:
             summary = json.load(response)
         assert summary["title"].startswith("demo: planted token world")
-        assert summary["n_latents"] == 8 and summary["layout"]["grid"] == [4, 4]
+        assert summary["n_latents"] == N_LATENTS and summary["layout"]["grid"] == [4, 4]
     finally:
         process.terminate()
         process.wait(timeout=10)

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from saebench.viewer.demo import BACKGROUND_LATENT, DEAD_LATENT, N_LATENTS
+
 
 def get(base_url: str, path: str) -> tuple[int, str, bytes]:
     try:
@@ -28,8 +30,8 @@ def get_json(base_url: str, path: str) -> dict:
 
 def test_summary_describes_the_bundle(base_url, world):
     summary = get_json(base_url, "/api/summary")
-    assert summary["n_images"] == 24 and summary["n_latents"] == 8
-    assert summary["n_alive"] == 7  # 6 concepts + background; latent 7 is planted dead
+    assert summary["n_images"] == 24 and summary["n_latents"] == N_LATENTS == 9
+    assert summary["n_alive"] == 8  # 6 concepts, "any object", background; DEAD_LATENT never fires
     assert summary["layout"] == {"n_cls": 1, "n_registers": 0, "grid": [4, 4]}
     assert summary["image_shape"] == [32, 32, 3] and summary["class_names"] == list(world.class_names)
     assert summary["title"] == "test world" and summary["top_n"] == 4
@@ -39,14 +41,14 @@ def test_latent_table_sorts_pages_and_hides_dead_latents(base_url, world):
     image_mean = world.codes.mean(axis=1)  # (n, h)
     frequency = (image_mean > 0).mean(axis=0)
     rows = get_json(base_url, "/api/latents?sort=frequency&order=desc&limit=100")["rows"]
-    assert [r["latent"] for r in rows] == sorted(range(7), key=lambda s: (-frequency[s], s))
+    assert [r["latent"] for r in rows] == sorted(range(DEAD_LATENT), key=lambda s: (-frequency[s], s))
     np.testing.assert_allclose([r["frequency"] for r in rows], frequency[[r["latent"] for r in rows]])
-    page = get_json(base_url, "/api/latents?sort=index&order=asc&alive=0&offset=6&limit=5")
-    assert page["total"] == 8 and [r["latent"] for r in page["rows"]] == [6, 7]
+    page = get_json(base_url, "/api/latents?sort=index&order=asc&alive=0&offset=7&limit=5")
+    assert page["total"] == 9 and [r["latent"] for r in page["rows"]] == [BACKGROUND_LATENT, DEAD_LATENT]
     dead = page["rows"][1]
     assert dead["frequency"] == 0 and dead["mean_activation"] is None  # NaN travels as null
     ascending = get_json(base_url, "/api/latents?sort=mean_activation&order=asc&alive=0")["rows"]
-    assert ascending[-1]["latent"] == 7  # NaN sorts last in either order
+    assert ascending[-1]["latent"] == DEAD_LATENT  # NaN sorts last in either order
 
 
 def test_latent_detail_has_stats_classes_and_top_image_heatmaps(base_url, world):
@@ -92,7 +94,7 @@ def test_static_page_and_images_are_served(base_url, world):
 @pytest.mark.parametrize(
     ("path", "status", "message"),
     [
-        ("/api/latent/8", 404, "valid latents are 0..7"),
+        ("/api/latent/9", 404, "valid latents are 0..8"),
         ("/api/latent/-1", 404, "no latent"),
         ("/api/image/24", 404, "valid images are 0..23"),
         ("/images/99.png", 404, "no image"),

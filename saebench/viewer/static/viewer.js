@@ -213,8 +213,9 @@ async function drawImageView() {
   }
   const layout = state.summary.layout;
   const prefix = tokens ? tokens.slice(0, layout.n_cls + layout.n_registers) : [];
+  const prefixText = prefix.length ? `; class/register tokens: ${prefix.map((v) => fmt(v)).join(", ")}` : "";
   $("image-info").textContent = latent === null ? "" :
-    `heatmap: latent ${latent}` + (prefix.length ? `; class/register tokens: ${prefix.map((v) => fmt(v)).join(", ")}` : "");
+    tokens ? `heatmap: latent ${latent}${prefixText}` : `latent ${latent} (heatmap off)`;
 }
 
 function showToken(event) {
