@@ -9,7 +9,8 @@ image embeddings live in MiniLM's text space) its words are embedded by the pair
 are named (msae.md §5). Checks per backbone ``b`` and MSAE ``m`` (``msae-rw``, ``msae-uw``):
 
 - ``{b}-{m}-dominates``: every baseline's (L0, FVU) point is weakly dominated by one of ``m``'s
-  truncation points (:func:`.frontier.dominance_check`, §4.2);
+  truncation points (:func:`.frontier.dominance_check`, §4.2); ``{b}-{m}-dominates-{family}`` the same
+  against one baseline family (``relu``, ``topk``, ``batchtopk``);
 - ``{b}-{m}-graceful``: ``m``'s FVU never rises with the number of kept latents (§4.7);
 - ``{b}-{m}-truncates-better``: truncated below the largest TopK's ``k``, ``m`` beats that TopK truncated
   the same way (§4.3).
@@ -71,11 +72,35 @@ def _open_tier(config: dict[str, Any]):
     return tier
 
 
-def _vocabulary(words: list[str], threshold: float) -> Vocabulary:
-    """The zoo CLIP-like pair's text tower (frozen MiniLM, :mod:`saebench.zoo.text`) embeds the words."""
+#: The ``vocabulary.threshold`` that :func:`class_word_cosine` computes from the data.
+CLASS_WORD_THRESHOLD = "class-word-cosine"
+
+
+def class_word_cosine(rows: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean cosine of each image embedding with the text embedding of its class's name (the first word of
+    :data:`saebench.zoo.text.CLASS_WORDS`): how close a typical image of the zoo CLIP-like pair lands to its
+    own label. A latent counts as named when its direction is at least that close to a vocabulary word."""
+    from saebench.zoo.text import CLASS_WORDS, text_encoder
+
+    words = text_encoder().encode([words[0] for words in CLASS_WORDS]).cpu()
+    cosines = torch.nn.functional.normalize(rows, dim=1) @ words.T
+    return float(cosines[torch.arange(rows.shape[0]), labels].mean())
+
+
+def _vocabulary(spec: dict[str, Any], rows: torch.Tensor, labels: torch.Tensor) -> Vocabulary:
+    """The zoo CLIP-like pair's text tower (frozen MiniLM, :mod:`saebench.zoo.text`) embeds the words; the
+    threshold is a number or :data:`CLASS_WORD_THRESHOLD` (from ``rows``, :func:`class_word_cosine`)."""
     from saebench.zoo.text import text_encoder
 
-    return Vocabulary(tuple(words), text_encoder().encode(words).cpu(), threshold)
+    threshold = spec["threshold"]
+    if threshold == CLASS_WORD_THRESHOLD:
+        threshold = class_word_cosine(rows, labels)
+    elif isinstance(threshold, str):
+        raise ValueError(
+            f"vocabulary threshold must be a number or {CLASS_WORD_THRESHOLD!r}, got {threshold!r}"
+        )
+    words = list(spec["words"])
+    return Vocabulary(tuple(words), text_encoder().encode(words).cpu(), float(threshold))
 
 
 def backbone_checks(backbone: str, runs: list[Run]) -> dict[str, CheckResult]:
@@ -90,6 +115,9 @@ def backbone_checks(backbone: str, runs: list[Run]) -> dict[str, CheckResult]:
         msae = by_name[name]
         ks = authors_sweep_ks(int(msae.fields["n_latents"]))
         checks[f"{backbone}-{name}-dominates"] = dominance_check(msae, baselines)
+        for family in sorted({run.fields["sae"] for run in baselines}):
+            members = [run for run in baselines if run.fields["sae"] == family]
+            checks[f"{backbone}-{name}-dominates-{family}"] = dominance_check(msae, members)
         checks[f"{backbone}-{name}-graceful"] = graceful_check(msae, ks)
         if topks:
             largest = max(topks, key=lambda run: run.fields["k"])
@@ -126,7 +154,7 @@ def run_embeddings(
         spec.get("saes", config["saes"]),
         train_x,
         {**config["train"], **spec.get("train", {})},
-        config["batch_size"],
+        spec.get("batch_size", config["batch_size"]),
         normalisation,
         seed,
         device,
@@ -136,7 +164,7 @@ def run_embeddings(
     probe = fit_probe(train_x, labels[train_idx], eval_x, labels[eval_idx], normalisation, probe_options)
     vocabulary = None
     if "vocabulary" in spec:
-        vocabulary = _vocabulary(spec["vocabulary"]["words"], spec["vocabulary"]["threshold"])
+        vocabulary = _vocabulary(spec["vocabulary"], train_x, labels[train_idx])
     return run_backbone(trained, eval_x.to(device), config["evaluation"], probe, vocabulary)
 
 

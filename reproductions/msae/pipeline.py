@@ -1,5 +1,9 @@
 """MSAE reproduction (Zaigrajew et al. 2025, "Interpreting CLIP with Hierarchical Sparse Autoencoders").
 
+Tiers: ``mini`` runs :func:`.mini_tier.run_mini` (real pooled embeddings from the mini-tier stores) and
+``full`` :func:`.full_tier.run_full` (the authors' CLIP embedding memmaps); both share
+:mod:`.embedding_sweep`. This module is the toy tier and the dispatch.
+
 Toy tier: a planted world with parent/child features (:class:`~saebench.data.synthetic.HierarchyConfig`).
 TopK, ReLU + L1 and Matryoshka SAEs (RW and UW weighting) of the same width are trained together from one
 pass over the batches (:func:`~saebench.train.train_sweep`); each is scored on held-out rows by
@@ -7,7 +11,7 @@ pass over the batches (:func:`~saebench.train.train_sweep`); each is scored on h
 progressive top-k evaluation (:func:`~saebench.metrics.msae.progressive_topk_sweep`: keep the ``k`` largest
 of the ReLU "full" codes, score with MSAE's per-sample FVU), plus the full-output metrics of msae.md §3.4.
 
-Config (``configs/<tier>.yaml``)::
+Toy config (``configs/toy.yaml``)::
 
     world:      PlantedWorldConfig fields (hierarchy included); the seed comes from the harness
     train:      TrainConfig fields shared by every SAE

@@ -123,11 +123,8 @@ def test_mini_backbone_path_on_synthetic_embeddings(msae):
         assert all(math.isfinite(v) for v in run.metrics.values()), run.label()
         assert "named_concepts" not in run.metrics  # no vocabulary for this backbone
     checks = msae.mini_tier.backbone_checks("synthetic", runs)
-    assert set(checks) == {
-        f"synthetic-{m}-{c}"
-        for m in ("msae-rw", "msae-uw")
-        for c in ("dominates", "graceful", "truncates-better")
-    }
+    kinds = ("dominates", "dominates-relu", "dominates-topk", "graceful", "truncates-better")
+    assert set(checks) == {f"synthetic-{m}-{c}" for m in ("msae-rw", "msae-uw") for c in kinds}
     series = msae.mini_tier.frontier_series("synthetic", runs)
     assert sorted(series) == ["synthetic msae-rw", "synthetic msae-uw", "synthetic relu", "synthetic topk"]
     assert len(series["synthetic topk"]) == 2 and len(series["synthetic msae-rw"]) == 3  # k = 16, 32, 48

@@ -39,9 +39,13 @@ from saebench.repro.pipeline import PipelineResult, Run
 from saebench.repro.tiers import requirement_paths
 from saebench.sae import create_sae
 from saebench.sae.base import SAE
-from saebench.sae.init import geometric_median, image_geometric_median
 from saebench.train import train_sae
-from saebench.train.patchsae_loss import patchsae_loss, patchsae_train_config, token_norm_normalized_mse
+from saebench.train.patchsae_loss import (
+    init_decoder_bias_from_images,
+    patchsae_loss,
+    patchsae_train_config,
+    token_norm_normalized_mse,
+)
 
 __all__ = ["run_full"]
 
@@ -80,16 +84,6 @@ def _tokens(backbone: Backbone, hook: str, selection: str, images: torch.Tensor)
     return (acts[:, :1] if selection == "cls" else acts).float().clone()
 
 
-def _init_decoder_bias(sae: SAE, first: torch.Tensor, method: str) -> None:
-    with torch.no_grad():
-        if method == "image_geometric_median":
-            sae.b_dec.copy_(image_geometric_median(first))
-        elif method == "geometric_median":
-            sae.b_dec.copy_(geometric_median(first.reshape(-1, first.shape[-1])))
-        else:
-            sae.b_dec.copy_(first.reshape(-1, first.shape[-1]).mean(dim=0))
-
-
 def _train(row: dict[str, Any], config: dict[str, Any], backbone: Backbone, train_set, workdir: Path, seed):
     spec = config["train"]
     hook = f"block.{row['layer'] - 1}"
@@ -106,7 +100,7 @@ def _train(row: dict[str, Any], config: dict[str, Any], backbone: Backbone, trai
     d = first.shape[-1]
     torch.manual_seed(seed)
     sae = create_sae("relu", d_in=d, n_latents=row["expansion"] * d).to(backbone.device)
-    _init_decoder_bias(sae, first.to(backbone.device), row["b_dec_init"])
+    init_decoder_bias_from_images(sae, first, row["b_dec_init"])
     train_config = patchsae_train_config(
         tokens_per_image=first.shape[1],
         images_per_step=spec["images_per_step"],

@@ -1,8 +1,9 @@
 """PatchSAE toy tier: a ReLU SAE on every token of a patch world, its patch maps, and top-k latent masking.
 
-1. Train a ``relu`` SAE with the authors' recipe pieces (their normalised-MSE + L1 loss, ghost grads with the
-   64-step dead window, warm-up, decoder bias at the image-level geometric median) on all tokens (CLS +
-   patches) of :class:`~saebench.data.patch_world.PatchWorld` images (stream 0).
+1. Train ``relu`` SAEs with the authors' recipe pieces (ghost grads with the 64-step dead window, warm-up) on
+   all tokens (CLS + patches) of :class:`~saebench.data.patch_world.PatchWorld` images (stream 0), one per
+   entry of ``saes``: the loss as the code computes it or as the paper writes it, and the decoder bias at the
+   image-level (authors') or plain geometric median.
 2. Localisation (paper §3.2, Figs. 2c, 4): for each planted concept, pick the latent whose segmentation masks
    best match the concept's rectangles on calibration images (stream 1), then score that latent's masks on
    held-out images (stream 2) by IoU. The whole-image mask (all an image-level SAE can say) is the baseline.
@@ -10,8 +11,8 @@
    ``a_c`` from stream 3, accuracy on stream 4 of a read-out that sums each concept direction's projection
    over the patch tokens, with the tokens replaced by masked reconstructions.
 
-Runs: ``name: patchsae`` (SAE metrics, ``mean_iou`` / ``min_iou`` of the matched latents, masking accuracies
-``acc_<row>`` for the rows of :func:`~saebench.metrics.latent_masking.masking_sweep`) and
+Runs: one per SAE, ``name`` from its entry (SAE metrics, ``mean_iou`` / ``min_iou`` of the matched latents,
+masking accuracies ``acc_<row>`` for the rows of :func:`~saebench.metrics.latent_masking.masking_sweep`), and
 ``name: whole-image`` (``mean_iou`` of the all-patches mask).
 
 Config (``configs/toy.yaml``)::
@@ -19,7 +20,8 @@ Config (``configs/toy.yaml``)::
     world:            PatchWorldConfig fields (the seed comes from the harness)
     images:           {train, calibration, eval, masking_stats, masking_eval}: images per stream
     expansion:        latents per token dimension
-    l1_coefficient:   lambda of the authors' loss
+    saes:             list of {name, reconstruction ("code" | "paper"), l1_coefficient,
+                      b_dec_init (saebench.train.patchsae_loss.DECODER_BIAS_INITS)}
     images_per_step:  images per training batch (all their tokens go in)
     train:            TrainConfig overrides of the authors' recipe (total_steps, lr, warmup_steps, ...)
     masking_ks:       k values of the masking sweep
@@ -48,9 +50,13 @@ from saebench.metrics.sparsity import l0_count
 from saebench.repro.pipeline import Run
 from saebench.sae import create_sae
 from saebench.sae.base import SAE
-from saebench.sae.init import image_geometric_median
 from saebench.train import train_sae
-from saebench.train.patchsae_loss import patchsae_loss, patchsae_train_config, token_norm_normalized_mse
+from saebench.train.patchsae_loss import (
+    init_decoder_bias_from_images,
+    patchsae_loss,
+    patchsae_train_config,
+    token_norm_normalized_mse,
+)
 
 __all__ = ["run_toy"]
 
@@ -66,19 +72,17 @@ def _batches(tokens: torch.Tensor, images_per_step: int, seed: int) -> Iterator[
             yield tokens[order[start : start + images_per_step]]
 
 
-def _train(config: dict[str, Any], world: PatchWorld, train: PatchWorldSample, seed: int) -> SAE:
+def _train(config: dict[str, Any], spec: dict[str, Any], train: PatchWorldSample, seed: int) -> SAE:
     torch.manual_seed(seed)
     _, n_tokens, d = train.tokens.shape
     sae = create_sae("relu", d_in=d, n_latents=config["expansion"] * d)
     per_step = config["images_per_step"]
-    with torch.no_grad():  # the authors initialise b_dec from one batch of images
-        sae.b_dec.copy_(image_geometric_median(train.tokens[:per_step]))
+    init_decoder_bias_from_images(sae, train.tokens[:per_step], spec["b_dec_init"])
     train_config = patchsae_train_config(
         tokens_per_image=n_tokens, images_per_step=per_step, progress=False, seed=seed, **config["train"]
     )
-    train_sae(
-        sae, _batches(train.tokens, per_step, seed), train_config, patchsae_loss(config["l1_coefficient"])
-    )
+    loss = patchsae_loss(spec["l1_coefficient"], spec["reconstruction"])
+    train_sae(sae, _batches(train.tokens, per_step, seed), train_config, loss)
     return sae.eval()
 
 
@@ -121,19 +125,15 @@ def _masking_accuracies(
     return accuracies
 
 
-def run_toy(config: dict[str, Any], seed: int) -> list[Run]:
-    images = config["images"]
-    world = PatchWorld(PatchWorldConfig(**config["world"], seed=seed))
-    train = world.sample(images["train"], STREAMS["train"])
-    sae = _train(config, world, train, seed)
-    calibration = world.sample(images["calibration"], STREAMS["calibration"])
-    held_out = world.sample(images["eval"], STREAMS["eval"])
+def _sae_run(
+    config: dict[str, Any], spec: dict[str, Any], world: PatchWorld, samples: dict, seed: int
+) -> Run:
+    train, calibration, held_out = samples["train"], samples["calibration"], samples["eval"]
+    sae = _train(config, spec, train, seed)
     with torch.no_grad():
         codes_cal = sae.encode(calibration.tokens)
         out = sae(held_out.tokens)
     ious = _concept_ious(world, codes_cal, calibration, out.codes, held_out)
-    whole_image = torch.ones_like(held_out.masks)
-    baseline_iou = mask_iou(whole_image[held_out.present], held_out.masks[held_out.present]).mean()
     offset = mean_reconstruction_offset(sae, train.tokens)
     metrics = {
         "l0": l0_count(out.codes),
@@ -148,8 +148,26 @@ def run_toy(config: dict[str, Any], seed: int) -> list[Run]:
         "reconstruction_offset": offset,
         **_masking_accuracies(config, world, sae, offset),
     }
-    fields = {"name": "patchsae", "sae": "relu", "backbone": "patch-world"}
-    baseline = Run(
-        fields={"name": "whole-image", "backbone": "patch-world"}, metrics={"mean_iou": baseline_iou}
+    fields = {
+        "name": spec["name"],
+        "sae": "relu",
+        "backbone": "patch-world",
+        "reconstruction": spec["reconstruction"],
+        "b_dec_init": spec["b_dec_init"],
+    }
+    return Run(fields=fields, metrics=metrics)
+
+
+def run_toy(config: dict[str, Any], seed: int) -> list[Run]:
+    world = PatchWorld(PatchWorldConfig(**config["world"], seed=seed))
+    samples = {
+        name: world.sample(config["images"][name], STREAMS[name]) for name in ("train", "calibration", "eval")
+    }
+    runs = [_sae_run(config, spec, world, samples, seed) for spec in config["saes"]]
+    held_out = samples["eval"]
+    whole_image = torch.ones_like(held_out.masks)
+    baseline_iou = mask_iou(whole_image[held_out.present], held_out.masks[held_out.present]).mean()
+    runs.append(
+        Run(fields={"name": "whole-image", "backbone": "patch-world"}, metrics={"mean_iou": baseline_iou})
     )
-    return [Run(fields=fields, metrics=metrics), baseline]
+    return runs

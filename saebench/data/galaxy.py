@@ -79,9 +79,8 @@ def load_galaxy_mnist(
     if images and len({im.shape for im in images}) > 1:
         raise ValueError(f"{root}: images of different sizes {sorted({im.shape for im in images})}")
     stacked = np.stack(images) if images else np.zeros((0, 1, 1, 3), dtype=np.uint8)
-    return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(
-        labels, dtype=torch.int64
-    )
+    images_out = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
+    return images_out, torch.tensor(np.asarray(labels, dtype=np.int64))
 
 
 class StageOutput(nn.Module):

@@ -167,14 +167,15 @@ def latent_label_entropy(
     _check_image_acts(image_acts)
     _check_labels(labels, image_acts.shape[0])
     values, indices = top_reference_images(image_acts, k)
-    values = values.to(torch.float64)
+    values = values.to(torch.float64).clamp_min(0)  # (k, h)
     ref_labels = labels.to(image_acts.device)[indices]  # (k, h)
-    n_classes = int(labels.max()) + 1
-    per_class = torch.zeros(n_classes, image_acts.shape[1], dtype=torch.float64, device=image_acts.device)
-    per_class.scatter_add_(0, ref_labels, values.clamp_min(0))
-    total = per_class.sum(dim=0)
-    probs = per_class / torch.where(total > 0, total, torch.ones_like(total))
-    entropy = -(probs * torch.log(probs + ENTROPY_EPS)).sum(dim=0)
+    # the activation of each reference's label: sum_c for c = label(i), without a (n_classes, h) table
+    same_label = ref_labels.unsqueeze(0) == ref_labels.unsqueeze(1)  # (k, k, h)
+    label_sums = (same_label * values.unsqueeze(0)).sum(dim=1)  # (k, h)
+    total = values.sum(dim=0)
+    safe_total = torch.where(total > 0, total, torch.ones_like(total))
+    # sum over references of (v_i / total) ln(p_label(i)) groups into sum_c p_c ln p_c
+    entropy = -((values / safe_total) * torch.log(label_sums / safe_total + ENTROPY_EPS)).sum(dim=0)
     enough = (values > 0).sum(dim=0) >= k
     return torch.where(enough, entropy, torch.full_like(entropy, -1.0))
 

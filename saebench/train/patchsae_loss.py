@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from saebench.sae.base import SAE, SAEOutput
+from saebench.sae.init import geometric_median, image_geometric_median
 from saebench.train.config import TrainConfig
 from saebench.train.losses import LossFn, l1_penalty
 
@@ -33,10 +34,12 @@ __all__ = [
     "PATCHSAE_WARMUP_STEPS",
     "PATCHSAE_DEAD_WINDOW_STEPS",
     "RECONSTRUCTIONS",
+    "DECODER_BIAS_INITS",
     "summed_squared_error",
     "token_norm_normalized_mse",
     "patchsae_loss",
     "patchsae_train_config",
+    "init_decoder_bias_from_images",
 ]
 
 PATCHSAE_EXPANSION = 64
@@ -55,6 +58,8 @@ PATCHSAE_DEAD_WINDOW_STEPS = 64
 """``dead_feature_window`` of the authors' training script: ghost grads act on latents silent for 64 steps."""
 
 RECONSTRUCTIONS = ("code", "paper")
+
+DECODER_BIAS_INITS = ("image_geometric_median", "geometric_median", "mean")
 
 
 def summed_squared_error(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -116,3 +121,28 @@ def patchsae_train_config(
     }
     settings.update(overrides)
     return TrainConfig(**settings)
+
+
+@torch.no_grad()
+def init_decoder_bias_from_images(
+    sae: SAE, acts: torch.Tensor, method: str = "image_geometric_median"
+) -> None:
+    """Set ``b_dec`` from one batch of image tokens ``(n_images, T, d)`` (the authors use the first batch).
+
+    ``"image_geometric_median"``: the authors' (:func:`~saebench.sae.init.image_geometric_median`);
+    ``"geometric_median"``: the plain median of the token rows (the paper's wording); ``"mean"``: the token
+    mean (Table 2's ablation). Computed on the raw tokens: the PatchSAE recipe has no input normalisation.
+    """
+    if method not in DECODER_BIAS_INITS:
+        raise ValueError(f"unknown decoder-bias init {method!r}; choose one of {DECODER_BIAS_INITS}")
+    if acts.ndim != 3 or acts.shape[-1] != sae.d_in:
+        raise ValueError(f"acts must be (n_images, n_tokens, {sae.d_in}) tokens, got {tuple(acts.shape)}")
+    acts = acts.to(sae.b_dec)
+    rows = acts.reshape(-1, acts.shape[-1])
+    if method == "image_geometric_median":
+        value = image_geometric_median(acts)
+    elif method == "geometric_median":
+        value = geometric_median(rows)
+    else:
+        value = rows.mean(dim=0)
+    sae.b_dec.copy_(value)

@@ -11,6 +11,7 @@ from saebench.metrics.latent_masking import (
     mask_codes_to_latents,
     masked_classification_accuracy,
     masking_sweep,
+    masking_sweep_logits,
     mean_reconstruction_offset,
 )
 from saebench.sae import create_sae
@@ -102,6 +103,19 @@ def test_sweep_rows_and_the_all_off_chance_level(identity_sae, images):
     # "off all": every image gives equal logits, argmax picks class 0: recall 100 / 0 / 0 -> macro 100/3
     assert rows["off_3"].macro == pytest.approx(100 / 3)
     assert rows["off_3"].micro == pytest.approx(25.0)
+
+
+def test_sweep_logits_over_chunks_equal_the_whole(identity_sae, images):
+    tokens, labels = images
+    whole = masking_sweep_logits(identity_sae, tokens, labels, CLASS_STATS, [2], sum_classifier)
+    parts = [
+        masking_sweep_logits(
+            identity_sae, tokens[s : s + 2], labels[s : s + 2], CLASS_STATS, [2], sum_classifier
+        )
+        for s in (0, 2)
+    ]
+    for name, logits in whole.items():
+        assert torch.equal(torch.cat([part[name] for part in parts]), logits)
 
 
 def test_mean_reconstruction_offset_by_hand(identity_sae):

@@ -113,3 +113,11 @@ def test_bad_shapes_are_named():
         latent_frequency(torch.zeros(2, 3, 4))
     with pytest.raises(ValueError, match="integer class ids"):
         class_latent_statistics(torch.zeros(2, 3, 4), torch.tensor([0.0, 1.0]), n_classes=2)
+
+
+def test_label_entropy_groups_references_that_share_a_label():
+    # references 3.0 (label 5), 2.0 (label 1), 1.0 (label 5): sum_5 = 4, sum_1 = 2, p = (2/3, 1/3)
+    acts = torch.tensor([[3.0], [2.0], [1.0]])
+    expected = -(2 / 3 * math.log(2 / 3 + 1e-9) + 1 / 3 * math.log(1 / 3 + 1e-9))  # 0.6365
+    entropy = latent_label_entropy(acts, torch.tensor([5, 1, 5]), k=3)
+    assert entropy.item() == pytest.approx(expected, abs=1e-12)  # float64 round-off only

@@ -9,6 +9,7 @@ from saebench.sae import create_sae
 from saebench.sae.base import SAEOutput
 from saebench.sae.init import geometric_median, image_geometric_median
 from saebench.train.patchsae_loss import (
+    init_decoder_bias_from_images,
     patchsae_loss,
     patchsae_train_config,
     summed_squared_error,
@@ -72,3 +73,14 @@ def test_image_geometric_median_with_one_token_is_the_plain_median():
     assert torch.allclose(image_geometric_median(acts), geometric_median(acts[:, 0]))
     with pytest.raises(ValueError, match="n_images, n_tokens, d"):
         image_geometric_median(acts[:, 0])
+
+
+@pytest.mark.parametrize(("method", "expected"), [("image_geometric_median", 1.0), ("mean", 2.0)])
+def test_init_decoder_bias_from_images(method, expected):
+    # the three collinear images above: median image (1, 1) -> 1; token mean (0+0+1+1+5+5) / 6 = 2
+    acts = torch.tensor([[[0.0], [0.0]], [[1.0], [1.0]], [[5.0], [5.0]]])
+    sae = create_sae("relu", d_in=1, n_latents=2)
+    init_decoder_bias_from_images(sae, acts, method)
+    assert sae.b_dec.item() == pytest.approx(expected, abs=1e-4)  # Weiszfeld stops within 1e-6 x scale
+    with pytest.raises(ValueError, match="decoder-bias init"):
+        init_decoder_bias_from_images(sae, acts, "zeros")

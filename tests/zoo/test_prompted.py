@@ -14,6 +14,7 @@ from saebench.zoo.prompted import (
     TrainedPrompts,
     cls_and_patches,
     ensure_prompted,
+    in_domain,
     per_class_first,
     prompted_backbone,
     split_accuracy,
@@ -159,3 +160,12 @@ def test_cache_round_trip_and_determinism(fashion_mnist, zoo_cache, tiny_entries
     other_seed = ensure_prompted(entry.with_seed(1))
     assert other_seed.entry.folder() != trained.entry.folder()
     assert not torch.equal(other_seed.model.prompts.tokens, trained.model.prompts.tokens)
+
+
+def test_low_contrast_domain_fades_pixels():
+    data = LabelledImages(torch.tensor([[[0, 100, 255]]], dtype=torch.uint8), torch.tensor([3]), {})
+    faded = in_domain(data, "low_contrast")
+    assert faded.pixels.tolist() == [[[40, 80, 142]]]  # 0.4 * (0, 100, 255) + 40 = 40, 80, 142
+    assert in_domain(data, "original") is data
+    with pytest.raises(ValueError, match="unknown domain 'inverted'"):
+        in_domain(data, "inverted")
