@@ -35,6 +35,7 @@ after, Fig. 20).
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,7 +122,7 @@ def _training_tokens(config: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor
     """``(n_images, 50, 64)`` float32 tokens and ``(n_images,)`` labels of the mini-tier store, which must
     come from the zoo ViT this run uses (its config hash is in the manifest)."""
     manifest = requirement_paths(config)["mini_manifest"]
-    tier = open_mini_tier(manifest.parent, plan=config.get("plan", "mini"))
+    tier = open_mini_tier(manifest.parent, plan=json.loads(manifest.read_text())["plan"])
     zoo = tier.manifest["zoo"].get("zoo-vit", {})
     expected = ENTRIES["zoo-vit"].config_hash()
     if zoo.get("config_hash") != expected:

@@ -6,6 +6,10 @@
 - :mod:`~saebench.metrics.alignment`: cosine matrices, Hungarian alignment of dictionaries, MCC.
 - :mod:`~saebench.metrics.streaming`: ``ReconstructionAccumulator`` and ``LatentStatsAccumulator``.
 
+Paper-specific definitions are in their own modules, imported from there: ``msae``, ``cknna``,
+``probe_agreement``, ``naming`` (MSAE); ``universality`` (USAE); ``patch_stats``, ``patch_maps``,
+``latent_masking``, ``remapping``, ``clip_splice`` (PatchSAE); ``probing`` (Equivariant SAEs).
+
 ``docs/metrics.md`` lists every formula with the paper that uses it.
 """
 
