@@ -39,6 +39,7 @@ from saebench.repro.pipeline import PipelineResult, Run
 from saebench.repro.tiers import requirement_paths
 from saebench.sae import create_sae
 from saebench.sae.base import SAE
+from saebench.sae.init import kaiming_uniform_encoder_
 from saebench.train import train_sae
 from saebench.train.patchsae_loss import (
     init_decoder_bias_from_images,
@@ -100,6 +101,7 @@ def _train(row: dict[str, Any], config: dict[str, Any], backbone: Backbone, trai
     d = first.shape[-1]
     torch.manual_seed(seed)
     sae = create_sae("relu", d_in=d, n_latents=row["expansion"] * d).to(backbone.device)
+    kaiming_uniform_encoder_(sae)  # the authors' encoder init (patchsae.md §1.2)
     init_decoder_bias_from_images(sae, first, row["b_dec_init"])
     train_config = patchsae_train_config(
         tokens_per_image=first.shape[1],

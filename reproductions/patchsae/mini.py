@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from saebench.acts.sources.fashion_mnist import CLASS_NAMES
 from saebench.acts.tokens import TokenLayout
 from saebench.evaluate import evaluate_sae
 from saebench.metrics.latent_masking import (
+    ClassificationAccuracy,
     class_top_latents,
     classification_accuracy,
     masked_classification_accuracy,
@@ -68,6 +69,7 @@ from saebench.repro.pipeline import PipelineResult, ReproductionError, Run
 from saebench.repro.tiers import requirement_paths
 from saebench.sae import create_sae
 from saebench.sae.base import SAE
+from saebench.sae.init import kaiming_uniform_encoder_
 from saebench.train import train_sae
 from saebench.train.patchsae_loss import (
     init_decoder_bias_from_images,
@@ -186,8 +188,7 @@ def _train_patchsae(tokens: torch.Tensor, config: dict[str, Any], seed: int) -> 
     torch.manual_seed(seed)
     n_images, n_tokens, d = tokens.shape
     sae = create_sae("relu", d_in=d, n_latents=spec["expansion"] * d)
-    with torch.no_grad():  # the authors' encoder init (NOTES.md): W_enc (d, h) Kaiming-uniform, fan_in = h
-        torch.nn.init.kaiming_uniform_(sae.W_enc)
+    kaiming_uniform_encoder_(sae)  # the authors' encoder init (NOTES.md)
     images_per_step = int(train["images_per_step"])
     first = tokens[torch.randperm(n_images, generator=torch.Generator().manual_seed(seed))[:images_per_step]]
     with torch.no_grad():
@@ -216,7 +217,7 @@ def _sae_run(sae: SAE, tokens: torch.Tensor) -> Run:
 
 
 # ------------------------------------------------------------------------------------------ masking
-def _vit_head(backbone: Backbone):
+def _vit_head(backbone: Backbone) -> Callable[[torch.Tensor], torch.Tensor]:
     """``tokens (b, T, d) -> logits (b, 10)``: the ViT after the hooked layer (final norm, head on CLS)."""
     model = backbone.model
     return lambda tokens: model.head(model.norm(tokens[:, 0]))
@@ -247,7 +248,9 @@ def _masking_runs(
     return runs
 
 
-def _masking_run(mode: str, k: int, accuracy, original) -> Run:
+def _masking_run(
+    mode: str, k: int, accuracy: ClassificationAccuracy, original: ClassificationAccuracy
+) -> Run:
     metrics = {
         "accuracy_macro": accuracy.macro,
         "accuracy_micro": accuracy.micro,

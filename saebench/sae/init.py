@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["geometric_median", "image_geometric_median"]
+__all__ = ["geometric_median", "image_geometric_median", "kaiming_uniform_encoder_"]
 
 
 def geometric_median(points: torch.Tensor, max_iter: int = 100, tol: float = 1e-6) -> torch.Tensor:
@@ -77,3 +77,18 @@ def image_geometric_median(acts: torch.Tensor, max_iter: int = 100, tol: float =
     n_images, n_tokens, d = acts.shape
     median = geometric_median(acts.reshape(n_images, n_tokens * d), max_iter=max_iter, tol=tol)
     return median.reshape(n_tokens, d).mean(dim=0)
+
+
+@torch.no_grad()
+def kaiming_uniform_encoder_(sae) -> None:
+    """Re-initialise ``sae.W_enc`` ``(d_in, n_latents)`` in place as the PatchSAE authors do (patchsae.md
+    §1.2): ``torch.nn.init.kaiming_uniform_`` on the ``(d_in, n_latents)`` tensor, so ``fan_in = n_latents``
+    and the entries are uniform in ``±sqrt(6 / n_latents)``.
+
+    Small encoder weights keep the first reconstructions small; saebench's default (``W_enc = W_dec^T`` with
+    unit-norm atoms) sums thousands of unit atoms at the start and, at expansion 64 with the PatchSAE recipe,
+    had not recovered after 150 steps (mini tier, NOTES.md). Tied SAEs have no separate encoder: refused.
+    """
+    if sae.config.tied:
+        raise ValueError("kaiming_uniform_encoder_: a tied SAE has no separate encoder weight to initialise")
+    torch.nn.init.kaiming_uniform_(sae.W_enc)

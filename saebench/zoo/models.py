@@ -213,12 +213,15 @@ class ZooViT(nn.Module):
         self.head = nn.Linear(config.width, config.n_outputs)
         nn.init.normal_(self.cls_token, std=0.02)
 
-    def tokens(self, images: Tensor) -> Tensor:
-        """``(B, 1 + h*w, width)``: the final-norm output of every token."""
+    def input_tokens(self, images: Tensor) -> Tensor:
+        """``(B, 1 + h*w, width)``: the first block's input, ``[cls, patches]`` plus position embeddings."""
         patches = self.patch_embed(grey(images, self.config.image_size)).flatten(2).transpose(1, 2)
         cls = self.cls_token.expand(patches.shape[0], -1, -1)
-        x = torch.cat([cls, patches], dim=1) + self.pos_embed
-        return self.norm(self.blocks(x))
+        return torch.cat([cls, patches], dim=1) + self.pos_embed
+
+    def tokens(self, images: Tensor) -> Tensor:
+        """``(B, 1 + h*w, width)``: the final-norm output of every token."""
+        return self.norm(self.blocks(self.input_tokens(images)))
 
     def embed(self, images: Tensor) -> Tensor:
         """``(B, width)``: the class token after the final norm (what ``head`` reads)."""

@@ -13,9 +13,12 @@ zoo ViT (:class:`~saebench.zoo.models.ZooViT`) on Fashion-MNIST:
   the sequence changes nothing, and here they sit where :class:`~saebench.acts.tokens.TokenLayout` puts
   register tokens. The ViT's own frozen ``head`` classifies (MaPLe's frozen text side has no analogue here:
   the zoo ViT is a classifier), its logits restricted to the classes of the split being evaluated.
-- :class:`PromptedEntry`: the frozen entry, the prompt shape and the training; its config hash names the
-  cache folder ``$SAEBENCH_CACHE/zoo/<name>-<hash>/`` (``prompts.safetensors`` + ``record.json``) next to the
-  zoo's own models (:func:`~saebench.zoo.registry.cache_root`).
+- :func:`in_domain`: the downstream images. The zoo ViT was trained on all of Fashion-MNIST, so prompts are
+  trained and evaluated on low-contrast (faded) images, a domain shift the frozen ViT has not seen, as
+  MaPLe adapts CLIP to datasets other than its pre-training data.
+- :class:`PromptedEntry`: the frozen entry, the prompt shape, the domain and the training; its config hash
+  names the cache folder ``$SAEBENCH_CACHE/zoo/<name>-<hash>/`` (``prompts.safetensors`` + ``record.json``)
+  next to the zoo's own models (:func:`~saebench.zoo.registry.cache_root`).
 - :func:`prompted_backbone`: the adapted model as a :class:`~saebench.acts.backbones.Backbone` with the same
   hook names as the frozen ``zoo-vit`` (``block.<i>``, ``final_norm``, ``pooled``, ``logits``); its token
   hooks carry the prompts as ``n_registers`` tokens, so :func:`cls_and_patches` reads the same 1 + 49
@@ -42,7 +45,7 @@ from saebench.acts.backbones.core import Backbone, HookPoint
 from saebench.acts.backbones.weights import load_state_dict_file, state_dict_sha256
 from saebench.acts.tokens import TokenLayout
 from saebench.zoo.data import ZOO_PREPROCESSING, LabelledImages, load_fashion_mnist, normalize_pixels
-from saebench.zoo.models import ViTConfig, ZooViT, grey
+from saebench.zoo.models import ViTConfig, ZooViT
 from saebench.zoo.registry import ENTRIES, RECORD_FILE, ZooEntry, cache_root, ensure_trained
 from saebench.zoo.train import TrainSettings, augment, optimise, predict, torch_threads
 
@@ -136,10 +139,9 @@ class PromptedViT(nn.Module):
 
     def residual_stream(self, images: Tensor) -> Tensor:
         """``(B, 1 + n_prompts + h*w, width)``: the residual stream after the last block."""
-        vit, n_prompts = self.vit, self.prompts.config.n_prompts
-        patches = vit.patch_embed(grey(images, self.config.image_size)).flatten(2).transpose(1, 2)
-        x = torch.cat([vit.cls_token.expand(len(patches), -1, -1), patches], dim=1) + vit.pos_embed
-        for index, block in enumerate(vit.blocks):
+        n_prompts = self.prompts.config.n_prompts
+        x = self.vit.input_tokens(images)
+        for index, block in enumerate(self.vit.blocks):
             if index < self.prompts.config.depth:
                 prompts = self.prompts.tokens[index].expand(len(x), -1, -1)
                 rest = x[:, 1 + (n_prompts if index else 0) :]  # block 0 inserts, later blocks replace

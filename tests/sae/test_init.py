@@ -7,7 +7,8 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from saebench.sae.init import geometric_median
+from saebench.sae import create_sae
+from saebench.sae.init import geometric_median, kaiming_uniform_encoder_
 
 
 def _sum_of_distances(points: torch.Tensor, y: torch.Tensor) -> float:
@@ -78,3 +79,13 @@ def test_half_precision_input_keeps_its_dtype():
 def test_bad_points(bad):
     with pytest.raises(ValueError, match="geometric_median"):
         geometric_median(bad)
+
+
+def test_kaiming_uniform_encoder_bound_uses_the_latent_fan_in():
+    sae = create_sae("relu", d_in=8, n_latents=96)
+    kaiming_uniform_encoder_(sae)
+    bound = (6 / 96) ** 0.5  # gain sqrt(2) * sqrt(3 / fan_in), fan_in = n_latents = 96: 0.25
+    assert sae.W_enc.abs().max() <= bound and sae.W_enc.abs().max() > 0.9 * bound  # 768 uniform draws
+    assert not torch.allclose(sae.W_enc, sae.W_dec.t())
+    with pytest.raises(ValueError, match="tied SAE"):
+        kaiming_uniform_encoder_(create_sae("relu", d_in=8, n_latents=96, tied=True))
