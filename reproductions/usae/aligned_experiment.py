@@ -281,7 +281,11 @@ def _runs(
         "training_r2_off_diagonal_mean": train_r2[off].nanmean().item(),
         "live_concept_fraction": live.double().mean().item(),
         "firing_entropy_median": entropy.median().item(),
-        "firing_entropy_high_fraction": (entropy >= config["high_entropy"]).double().mean().item(),
+        # over all concepts, as the paper's histogram counts them (a dead concept has FE 0)
+        "firing_entropy_high_fraction": (report.firing_entropy >= config["high_entropy"])
+        .double()
+        .mean()
+        .item(),
         "consistency_baseline_auc": sum(v["consistency_baseline_auc"] for v in consistency.values())
         / len(models),
         "eval_rows": report.n_rows,
