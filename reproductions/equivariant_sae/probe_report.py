@@ -69,10 +69,11 @@ def plot_probe_f1(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -
             ax.set_ylim(0, 1)
             if j == 0:
                 ax.set_ylabel("mean probe F1")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(methods), 6), fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
