@@ -24,12 +24,14 @@ roofline by up to 2x).
 
     python -m benchmarks.bench_train            # the issue's grid (long: see docs/performance.md)
     python -m benchmarks.bench_train --quick    # a smoke run at small sizes
+    python -m benchmarks.bench_train --expansions 16 64 --merge   # part of the grid, kept beside the rest
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import math
 import statistics
 import time
@@ -43,6 +45,7 @@ from benchmarks.machine import (
     PeakMemory,
     describe_machine,
     matmul_flops_per_second,
+    results_dir,
     saved_for_backward,
     sync,
     use_quick_results_dir,
@@ -241,6 +244,36 @@ def check_targets(settings: list[dict]) -> dict:
     return targets
 
 
+def merged_with_earlier(settings: list[dict], grid: dict, machine: dict) -> tuple[list[dict], dict]:
+    """This run's settings plus those of ``results/bench/train.json`` at other (expansion, k), sorted; the
+    grid lists the union. Refused when the two runs differ in anything but the grid's expansions and ks, or
+    ran on another machine (CPU, device, torch), since their numbers would not be comparable."""
+    path = results_dir() / "train.json"
+    if not path.exists():
+        return settings, grid
+    earlier = json.loads(path.read_text())
+    fixed = ("d", "batch", "steps", "rounds")
+    if any(earlier["grid"][key] != grid[key] for key in fixed):
+        raise SystemExit(f"--merge: {path} was measured with another {fixed} than this run; rerun its grid")
+    same_machine = ("device_name", "cpu", "cpu_count", "torch")
+    if any(earlier["machine"].get(key) != machine.get(key) for key in same_machine):
+        raise SystemExit(f"--merge: {path} was measured on another machine ({same_machine}); rerun its grid")
+    measured = {(s["expansion"], s["k"]) for s in settings}
+    kept = [s for s in earlier["settings"] if (s["expansion"], s["k"]) not in measured]
+    for s in kept:  # settings from before per-setting load averages were recorded carry the run's
+        s.setdefault(
+            "load_average_1min",
+            [earlier["machine"].get("load_average_1min"), earlier["machine"].get("load_average_1min_end")],
+        )
+    merged = sorted(kept + settings, key=lambda s: (s["expansion"], s["k"]))
+    union = {
+        **grid,
+        "expansions": sorted({s["expansion"] for s in merged}),
+        "ks": sorted({s["k"] for s in merged}),
+    }
+    return merged, union
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few minutes")
@@ -248,6 +281,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--expansions", type=int, nargs="+", help="override the grid's expansion factors")
     parser.add_argument("--ks", type=int, nargs="+", help="override the grid's k values")
     parser.add_argument("--rounds", type=int, help="override the number of timed rounds")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the settings of the existing train.json that this run does not measure (a grid in parts)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         use_quick_results_dir()
@@ -262,9 +300,11 @@ def main(argv: list[str] | None = None) -> dict:
     for expansion in grid["expansions"]:
         for k in grid["ks"]:
             extras = (expansion, k) == (HEADLINE["expansion"], HEADLINE["k"])
+            load_before = describe_machine(device).get("load_average_1min")
             setting = bench_setting(
                 grid["d"], expansion, k, grid["batch"], grid["steps"], grid["rounds"], device, extras
             )
+            setting["load_average_1min"] = [load_before, describe_machine(device).get("load_average_1min")]
             settings.append(setting)
             print(
                 tabulate(
@@ -282,11 +322,15 @@ def main(argv: list[str] | None = None) -> dict:
                 ),
                 flush=True,
             )
+    machine = {**machine, "load_average_1min_end": describe_machine(device).get("load_average_1min")}
+    grid = {key: list(value) if isinstance(value, tuple) else value for key, value in grid.items()}
+    if args.merge:
+        settings, grid = merged_with_earlier(settings, grid, machine)
     result = {
         "benchmark": "train_topk",
         "quick": args.quick,
-        "machine": {**machine, "load_average_1min_end": describe_machine(device).get("load_average_1min")},
-        "grid": {key: list(value) if isinstance(value, tuple) else value for key, value in grid.items()},
+        "machine": machine,
+        "grid": grid,
         "settings": settings,
         "targets": check_targets(settings),
     }

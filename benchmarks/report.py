@@ -28,6 +28,14 @@ def _machine(machine: dict) -> str:
     )
 
 
+def _load(setting: dict) -> str:
+    """`` (load a→b)``: the 1-minute load average before and after a setting was measured, when recorded."""
+    load = setting.get("load_average_1min")
+    if not load or None in load:
+        return ""
+    return f" (load {load[0]:.1f}→{load[1]:.1f})"
+
+
 def _train_section(train: dict) -> list[str]:
     grid = train["grid"]
     rows = []
@@ -59,7 +67,8 @@ def _train_section(train: dict) -> list[str]:
     )
     method = train["settings"][0]["results"]["saebench-sparse"]["peak_memory_method"]
     rates = ", ".join(
-        f"x{s['expansion']} k={s['k']}: {s['matmul_flops_per_second'] / 1e9:.0f}" for s in train["settings"]
+        f"x{s['expansion']} k={s['k']}: {s['matmul_flops_per_second'] / 1e9:.0f}{_load(s)}"
+        for s in train["settings"]
     )
     lines = [
         f"## Training: TopK SAE, d={grid['d']}, batch {grid['batch']}, float32",
