@@ -428,3 +428,13 @@ def test_efficientnet_lite0_weights_identity_and_block_maps(lite0):
     # the last 320 channels at 7x7
     assert (lite0.hooks["block.0"].width, lite0.hooks["block.0"].layout.grid) == (16, (112, 112))
     assert (lite0.hooks["block.15"].width, lite0.hooks["block.15"].layout.grid) == (320, (7, 7))
+
+
+def test_differentiable_extract_carries_gradients_to_the_images(tiny_vit, tiny_images):
+    images = tiny_images.clone().requires_grad_(True)
+    tokens = tiny_vit.extract(images, ["block.-1"], differentiable=True)["block.-1"]
+    tokens[:, 0].sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    # the default runs in inference mode: no graph to differentiate
+    assert not tiny_vit.extract(images, ["block.-1"])["block.-1"].requires_grad
+    torch.testing.assert_close(tokens.detach(), tiny_vit.extract(images, ["block.-1"])["block.-1"])

@@ -211,18 +211,25 @@ class Backbone:
             )
         return ", ".join(parts + others)
 
-    def extract(self, images: Tensor, hooks: Sequence[str]) -> dict[str, Tensor]:
+    def extract(
+        self, images: Tensor, hooks: Sequence[str], *, differentiable: bool = False
+    ) -> dict[str, Tensor]:
         """Run the image forward pass once and return the activations at ``hooks``.
 
-        Runs under ``torch.inference_mode``; stops the forward pass as soon as every requested hook has fired.
+        Runs under ``torch.inference_mode`` (unless ``differentiable``); stops the forward pass as soon as
+        every requested hook has fired.
 
         Args:
             images: ``(B, 3, H, W)`` preprocessed images (moved to the model's device and dtype).
             hooks: hook names (see :meth:`resolve_hook`).
+            differentiable: run with autograd enabled instead, so the activations carry gradients back to
+                ``images`` (feature visualisation, e.g. :mod:`saebench.viz.cam`); the weights' own
+                ``requires_grad`` is left as it is.
 
         Returns:
             requested name -> ``(B, T, d)`` tensor on the model's device, laid out as the hook's ``layout``.
-            These are inference tensors: ``.clone()`` one before modifying it in place outside inference mode.
+            Without ``differentiable`` these are inference tensors: ``.clone()`` one before modifying it in
+            place outside inference mode.
         """
         if isinstance(hooks, str):
             raise TypeError(f"hooks must be a sequence of hook names, e.g. [{hooks!r}], not a string")
@@ -251,7 +258,7 @@ class Backbone:
             for name, point in points.items():
                 module = self.model.get_submodule(point.module)
                 handles.append(module.register_forward_hook(make_hook(name, point)))
-            with torch.inference_mode():
+            with torch.enable_grad() if differentiable else torch.inference_mode():
                 try:
                     self._image_forward(images)
                 except _StopForward:
