@@ -15,7 +15,7 @@ from typing import Any
 __all__ = ["TrainConfig", "OPTIMIZERS", "SCHEDULES", "AMP_DTYPES", "DECODER_BIAS_INITS"]
 
 OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "linear_decay")
 AMP_DTYPES = (None, "bf16", "fp16")
 DECODER_BIAS_INITS = (None, "zeros", "mean", "geometric_median")
 
@@ -34,8 +34,9 @@ class TrainConfig:
         lr, optimizer ('adam' | 'adamw'), betas, eps, weight_decay: the torch.optim settings.
         warmup_steps: linear warm-up, the multiplier of step ``s`` (0-based) is ``(s + 1) / warmup_steps``
             (PatchSAE's "constant with warm-up" LambdaLR).
-        schedule: after warm-up, 'constant' (multiplier 1) or 'cosine' (half cosine from 1 down to
-            ``min_lr_ratio``, reached after the last step); see :mod:`saebench.train.schedules`.
+        schedule: after warm-up, 'constant' (multiplier 1), 'cosine' (half cosine from 1 down to
+            ``min_lr_ratio``, reached after the last step) or 'linear_decay' (MSAE's ``LinearDecayLR``:
+            constant for the first 80% of the steps, then linearly to 0); see :mod:`saebench.train.schedules`.
         grad_clip: clip the global gradient L2 norm to this value (``None``: no clipping).
     Initialisation
         b_dec_init: ``None`` (leave the SAE's decoder bias alone) or 'zeros' | 'mean' | 'geometric_median',

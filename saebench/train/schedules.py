@@ -15,6 +15,9 @@ at construction and ``s + 1`` after each ``scheduler.step()``):
   ``[0, 1]`` and ``r = min_lr_ratio``: 1 right after warm-up, ``r`` at ``s = T`` (the value after the last of
   ``T`` steps) and beyond. Same shape as overcomplete's ``CosineScheduler`` used by USAE
   (``papers/usae.md`` §1.4), which reaches its final value at ``total_iters``.
+- linear_decay, ``s >= W``: ``1`` while ``s < int(0.8 T)``, then ``(T - s) / (0.2 T)``, 0 from ``s = T`` on.
+  The MSAE authors' ``LinearDecayLR`` (``papers/msae.md`` §4.1) is this rule stepped once per **epoch**
+  (``s`` = epoch, ``T`` = epochs); here it is stepped per optimizer step, the same line sampled finely.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import torch
 
 from saebench.train.config import SCHEDULES, TrainConfig
 
-__all__ = ["lr_multiplier", "build_scheduler"]
+__all__ = ["lr_multiplier", "build_scheduler", "LINEAR_DECAY_FRACTION"]
+
+LINEAR_DECAY_FRACTION = 0.2  # the last 20% of training decays to 0 (MSAE's LinearDecayLR, papers/msae.md §4.1)
 
 
 def lr_multiplier(
@@ -44,6 +49,10 @@ def lr_multiplier(
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
+    if schedule == "linear_decay":
+        if step < int((1.0 - LINEAR_DECAY_FRACTION) * total_steps):
+            return 1.0
+        return max(0.0, (total_steps - step) / (LINEAR_DECAY_FRACTION * total_steps))
     decay_steps = total_steps - warmup_steps
     progress = 1.0 if decay_steps <= 0 else min(1.0, (step - warmup_steps) / decay_steps)
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -22,7 +22,7 @@ def test_round_trip_through_plain_data():
         ({"total_steps": 0}, "total_steps must be >= 1"),
         ({"total_steps": 2.5}, "total_steps must be an int"),
         ({"optimizer": "sgd"}, "choose one of ('adam', 'adamw')"),
-        ({"schedule": "linear"}, "choose one of ('constant', 'cosine')"),
+        ({"schedule": "linear"}, "choose one of ('constant', 'cosine', 'linear_decay')"),
         ({"amp_dtype": "float16"}, "choose one of (None, 'bf16', 'fp16')"),
         ({"b_dec_init": "median"}, "geometric_median"),
         ({"lr": 0.0}, "lr must be > 0"),

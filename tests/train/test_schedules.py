@@ -33,6 +33,13 @@ def test_cosine_starts_at_one_halves_midway_and_ends_at_min_ratio():
     assert all(a > b for a, b in zip(decay, decay[1:], strict=False))
 
 
+def test_linear_decay_is_msaes_linear_decay_lr_per_epoch():
+    # the authors' LinearDecayLR over E = 10 epochs: 1 for epochs 0..7 (int(0.8 * 10) = 8), then
+    # (10 - e) / (0.2 * 10): epoch 8 -> 2/2 = 1, epoch 9 -> 1/2 = 0.5; 0 after the last epoch
+    values = [lr_multiplier(e, total_steps=10, schedule="linear_decay") for e in range(11)]
+    assert values == [1.0] * 9 + [0.5, 0.0]
+
+
 def test_unknown_schedule_lists_choices():
     with pytest.raises(ValueError, match="choose one of"):
         lr_multiplier(0, total_steps=3, schedule="step")
