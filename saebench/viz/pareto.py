@@ -13,6 +13,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 __all__ = ["pareto_front", "plot_pareto"]
 
@@ -71,6 +72,9 @@ def plot_pareto(
         log_x = bool(all_x) and max(all_x) > 10 * min(all_x)
     if log_x:
         axes.set_xscale("log")
+        axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # 10, 20, 50, 100, ...
+        axes.xaxis.set_major_formatter(ScalarFormatter())  # plain numbers rather than 10^1, 2x10^1
+        axes.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short range
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     if title:
