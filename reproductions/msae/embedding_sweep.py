@@ -36,7 +36,6 @@ Chunked metrics are weighted means over rows, so the full tier streams its 1.28M
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from saebench.acts.normalization import ActivationStatistics, normalization
+from saebench.acts.normalization import array_statistics, normalization
 from saebench.evaluate import evaluate_sae
 from saebench.metrics.cknna import MSAE_CKNNA_SHUFFLE_SEED, cknna
 from saebench.metrics.msae import authors_sweep_ks, decoder_orthogonality, full_codes, progressive_topk_sweep
@@ -69,7 +68,6 @@ __all__ = [
     "Rows",
     "EmbeddingProbe",
     "Vocabulary",
-    "row_statistics",
     "standardisation",
     "shuffled_batches",
     "row_chunks",
@@ -96,41 +94,10 @@ def row_chunks(rows: Rows, chunk_rows: int) -> Iterator[torch.Tensor]:
         yield _as_tensor(rows[start : start + chunk_rows])
 
 
-def row_statistics(rows: Rows, chunk_rows: int = 65536) -> ActivationStatistics:
-    """The :class:`~saebench.acts.normalization.ActivationStatistics` of ``rows (n, d)`` in two float64 passes
-    (mean; then centred squared norms), as the authors compute ``mean_center`` and ``scaling_factor`` over
-    the whole training memmap in chunks (msae.md §2.1). ``std`` / ``scalar_*`` are filled for completeness."""
-    n, d = rows.shape
-    if n < 2:
-        raise ValueError(f"standardisation statistics need at least 2 rows, got {n}")
-    total = torch.zeros(d, dtype=torch.float64)
-    for chunk in row_chunks(rows, chunk_rows):
-        total += chunk.double().sum(dim=0)
-    mean = total / n
-    square_dev, norm_sum = torch.zeros(d, dtype=torch.float64), 0.0
-    for chunk in row_chunks(rows, chunk_rows):
-        centred = chunk.double() - mean
-        square_dev += centred.square().sum(dim=0)
-        norm_sum += float(centred.norm(dim=1).sum())
-    scalar_mean = float(mean.mean())
-    scalar_m2 = float(square_dev.sum() + n * (mean - scalar_mean).square().sum())
-    return ActivationStatistics(
-        n_rows=n,
-        mean=mean.numpy(),
-        std=(square_dev / (n - 1)).sqrt().numpy(),
-        scalar_mean=scalar_mean,
-        scalar_std=math.sqrt(scalar_m2 / (n * d - 1)),
-        mean_sq_centered_norm=float(square_dev.sum()) / n,
-        mean_centered_norm=norm_sum / n,
-        sample={"images": None, "seed": None},
-        store_hash="rows",
-    )
-
-
 def standardisation(rows: Rows, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mean (d,), scale (d,))`` with ``x_n = (x - mean) / scale`` for scheme ``kind`` of
     :func:`saebench.acts.normalization.normalization` (MSAE: ``target_norm_code``, ``target_norm_paper``)."""
-    return normalization(row_statistics(rows), kind)
+    return normalization(array_statistics(rows), kind)
 
 
 def shuffled_batches(

@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from saebench.acts.normalization import array_statistics
 from saebench.repro.pipeline import Run
 from saebench.repro.tiers import missing_requirements
 
 
-def test_row_statistics_by_hand(msae):
+def test_array_statistics_and_standardisation_by_hand(msae):
     # rows (0,0), (2,0), (0,2), (2,2): mean (1,1); every centred row has norm sqrt(2), squared norm 2
     rows = np.array([[0, 0], [2, 0], [0, 2], [2, 2]], dtype=np.float32)
-    stats = msae.embedding_sweep.row_statistics(rows, chunk_rows=3)  # chunks of 3 + 1 rows
+    stats = array_statistics(rows, chunk_rows=3)  # chunks of 3 + 1 rows
+    assert array_statistics(torch.from_numpy(rows)).mean_centered_norm == pytest.approx(math.sqrt(2))
     np.testing.assert_allclose(stats.mean, [1.0, 1.0])
     assert stats.mean_sq_centered_norm == pytest.approx(2.0)
     assert stats.mean_centered_norm == pytest.approx(math.sqrt(2))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ __all__ = [
     "STD_EPS",
     "ActivationStatistics",
     "compute_statistics",
+    "array_statistics",
     "statistics_path",
     "save_statistics",
     "load_statistics",
@@ -53,7 +54,8 @@ class ActivationStatistics:
 
     mean, std: ``(d,)`` per-dimension mean and unbiased std. scalar_mean, scalar_std: over all ``n_rows*d``
     values. mean_sq_centered_norm: ``mean_i ‖x_i - mean‖²``. mean_centered_norm: ``mean_i ‖x_i - mean‖``.
-    sample: how the rows were chosen (``{"images": None | int, "seed": int}``), store_hash: the store's hash.
+    sample: how the rows were chosen (``{"images": None | int, "seed": int}``; ``{}`` for an array),
+    store_hash: the store's hash (``None`` for an array, :func:`array_statistics`).
     """
 
     n_rows: int
@@ -64,7 +66,7 @@ class ActivationStatistics:
     mean_sq_centered_norm: float
     mean_centered_norm: float
     sample: dict[str, Any]
-    store_hash: str
+    store_hash: str | None
 
     @property
     def d(self) -> int:
@@ -119,8 +121,43 @@ def compute_statistics(
     """Stream over ``store`` (or ``image_sample`` images drawn with ``seed``, all their tokens; USAE uses
     1,000 random training images) and return its :class:`ActivationStatistics`."""
     rows = _sample_rows(store, image_sample, seed)
-    count, mean, m2 = 0, np.zeros(store.d), np.zeros(store.d)
-    for x in _chunks(store, rows, chunk_rows):
+    return _statistics(
+        lambda: _chunks(store, rows, chunk_rows),
+        store.d,
+        where=str(store.path),
+        sample={"images": image_sample, "seed": seed if image_sample is not None else None},
+        store_hash=store.content_hash,
+    )
+
+
+def array_statistics(rows: np.ndarray | torch.Tensor, *, chunk_rows: int = 1 << 15) -> ActivationStatistics:
+    """:class:`ActivationStatistics` of in-memory (or memory-mapped) ``rows (n, d)``, read in float64 chunks
+    (a ``np.memmap`` of millions of rows, e.g. MSAE's embedding files, is never loaded whole)."""
+    if rows.ndim != 2:
+        raise ValueError(f"rows must be (n, d), got shape {tuple(rows.shape)}")
+
+    def chunks() -> Iterator[np.ndarray]:
+        for a in range(0, rows.shape[0], chunk_rows):
+            chunk = rows[a : a + chunk_rows]
+            chunk = chunk.detach().cpu().numpy() if isinstance(chunk, torch.Tensor) else np.asarray(chunk)
+            yield chunk.astype(np.float64)
+
+    where = f"the {tuple(rows.shape)} array"
+    return _statistics(chunks, rows.shape[1], where=where, sample={}, store_hash=None)
+
+
+def _statistics(
+    chunks: Callable[[], Iterator[np.ndarray]],
+    d: int,
+    *,
+    where: str,
+    sample: dict[str, Any],
+    store_hash: str | None,
+) -> ActivationStatistics:
+    """Two passes over ``chunks()`` (float64 ``(n_b, d)``): means and sums of squares merged chunk by chunk
+    (Chan et al.'s parallel update), then the mean centred row norm."""
+    count, mean, m2 = 0, np.zeros(d), np.zeros(d)
+    for x in chunks():
         n_b, mean_b = len(x), x.mean(axis=0)
         m2_b = ((x - mean_b) ** 2).sum(axis=0)
         delta, total = mean_b - mean, count + n_b
@@ -128,8 +165,8 @@ def compute_statistics(
         m2 = m2 + m2_b + delta**2 * count * n_b / total
         count = total
     if count < 2:
-        raise ValueError(f"statistics need at least 2 rows; {store.path} has {count}")
-    norm_sum = sum(float(np.linalg.norm(x - mean, axis=1).sum()) for x in _chunks(store, rows, chunk_rows))
+        raise ValueError(f"statistics need at least 2 rows; {where} has {count}")
+    norm_sum = sum(float(np.linalg.norm(x - mean, axis=1).sum()) for x in chunks())
     scalar_mean = float(mean.mean())
     scalar_m2 = float(m2.sum() + count * ((mean - scalar_mean) ** 2).sum())
     return ActivationStatistics(
@@ -137,11 +174,11 @@ def compute_statistics(
         mean=mean,
         std=np.sqrt(m2 / (count - 1)),
         scalar_mean=scalar_mean,
-        scalar_std=math.sqrt(scalar_m2 / (count * store.d - 1)),
+        scalar_std=math.sqrt(scalar_m2 / (count * d - 1)),
         mean_sq_centered_norm=float(m2.sum() / count),
         mean_centered_norm=norm_sum / count,
-        sample={"images": image_sample, "seed": seed if image_sample is not None else None},
-        store_hash=store.content_hash,
+        sample=sample,
+        store_hash=store_hash,
     )
 
 
