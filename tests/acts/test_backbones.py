@@ -438,3 +438,25 @@ def test_differentiable_extract_carries_gradients_to_the_images(tiny_vit, tiny_i
     # the default runs in inference mode: no graph to differentiate
     assert not tiny_vit.extract(images, ["block.-1"])["block.-1"].requires_grad
     torch.testing.assert_close(tokens.detach(), tiny_vit.extract(images, ["block.-1"])["block.-1"])
+
+
+def test_probing_hook_points_leaves_batchnorm_statistics_and_the_mode_alone():
+    # a fresh BatchNorm in training mode would move its running mean by momentum * batch mean (0.1 * bias)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1)).train()
+    with torch.no_grad():
+        model[0].bias.fill_(1.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    probe_hook_points(model, {"map": ("1", "map", "output")}, (8, 8))
+    assert model.training  # restored
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+
+
+def test_efficientnet_lite0_weights_are_the_files_after_loading(lite0):
+    # building the backbone runs a probe forward pass: it must not touch BatchNorm's running statistics
+    from saebench.acts.backbones.efficientnet import packaged_lite0_weights
+
+    state = torch.load(packaged_lite0_weights(), map_location="cpu", weights_only=True)
+    model_state = lite0.model.state_dict()
+    for key in ("_bn0.running_mean", "_bn0.running_var", "_bn1.running_mean"):
+        torch.testing.assert_close(model_state[key], state[key], rtol=0, atol=0, msg=key)

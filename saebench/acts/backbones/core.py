@@ -389,7 +389,9 @@ def probe_hook_points(
         image_size: ``(H, W)`` of the probe image (the preprocessing's output size).
         image_forward: the image forward pass (default ``model``).
 
-    On the ``meta`` device the probe costs nothing; on a real device it is one forward pass of one image.
+    On the ``meta`` device the probe costs nothing; on a real device it is one forward pass of one image, run
+    in eval mode (the model's mode is restored after): in training mode BatchNorm layers would fold the blank
+    image into their running statistics and so change the weights the backbone then runs and fingerprints.
     """
     shapes: dict[str, torch.Size] = {}
     handles = []
@@ -404,10 +406,13 @@ def probe_hook_points(
 
         handles.append(model.get_submodule(path).register_forward_hook(hook))
     device, dtype = _module_device_dtype(model)
+    was_training = model.training
+    model.eval()
     try:
         with torch.inference_mode():
             (image_forward or model)(torch.zeros(1, 3, *image_size, device=device, dtype=dtype))
     finally:
+        model.train(was_training)
         for handle in handles:
             handle.remove()
     points = {}
