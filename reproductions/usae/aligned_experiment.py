@@ -58,6 +58,7 @@ from saebench.viz.usae_plots import (
 )
 
 from .aligned_data import Stats, ordered_batches, standardization_stats, training_batches
+from .cam_figure import aligned_feature_fns, save_cam_figure, universal_concepts
 from .checks import consistency_check, r2_checks
 
 __all__ = ["run_aligned_experiment"]
@@ -194,6 +195,18 @@ def run_aligned_experiment(
     consistency = _consistency(usae, saes, report, top, seed)
     if figures is not None:
         _figures(report, *figures)
+        if "cam" in config:  # CAM on the stores' own backbones (the mini tier: they load offline)
+            folder, suffix = figures
+            concepts = universal_concepts(report, config["cam"]["concepts"])
+            if concepts:
+                save_cam_figure(
+                    usae.cpu(),
+                    aligned_feature_fns(train, stats),
+                    concepts,
+                    Path(folder) / f"usae_cam_{suffix}.png",
+                    steps=config["cam"]["steps"],
+                    seed=seed,
+                )
     return PipelineResult(
         runs=_runs(
             report, trained.history, consistency, saes, heldout, heldout_images, stats, config, fields, device
