@@ -31,7 +31,7 @@ from saebench.train.config import SCHEDULES, TrainConfig
 
 __all__ = ["lr_multiplier", "build_scheduler", "LINEAR_DECAY_FRACTION"]
 
-LINEAR_DECAY_FRACTION = 0.2  # the last 20% of training decays to 0 (MSAE's LinearDecayLR, papers/msae.md §4.1)
+LINEAR_DECAY_FRACTION = 0.2  # the last 20% of training decays to 0 (MSAE LinearDecayLR, msae.md §4.1)
 
 
 def lr_multiplier(
