@@ -98,10 +98,9 @@ def backbone_feature_fn(
     selection) -> scalar standardisation with ``stats = (mean, std)``.
 
     Lays the backbone's convolutions out channels-last, in place
-    (:func:`~saebench.zoo.mini_caches.channels_last`, as the mini-tier stores were cached): with its default
-    layout, EfficientNet-Lite0's input gradient is wrong on CPU when the gradient reaching its feature map is
-    channels-last, which the token layout makes it (a float64 central difference along the gradient gave -74
-    against a gradient norm of 168; channels-last: 190 and 190)."""
+    (:func:`~saebench.zoo.mini_caches.channels_last`), as the mini-tier stores were cached, so the features
+    optimised are computed exactly as the stored ones. (Input gradients are correct in either layout:
+    ``Backbone.extract`` gives a feature map's gradient the map's own layout.)"""
     channels_last(backbone)
     layout = backbone.resolve_hook(hook).layout
     backbone_inputs(torch.zeros(1, 3, 1, 1), backbone.preprocessing)  # refuse an unsupported resize now
