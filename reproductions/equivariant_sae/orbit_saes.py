@@ -8,9 +8,11 @@ trains, the rest measures:
 1. ``M`` (:func:`~saebench.sae.equivariant.fit_group_action`, config ``group_action``) is fitted on the
    training orbits, its R² per power measured on the rest (run ``name: group-action``: ``m_r2_min``,
    ``m_r2_mean``);
-2. every SAE of ``config["saes"]`` trains on the training orbits: ``topk_mlp`` and ``archetypal`` on orbit
-   members as rows (batches of ``4 * batch_size`` rows), ``equivariant`` on orbit batches of ``batch_size``
-   orbits with the fitted ``M``; archetypal SAEs share one k-means run per cluster count;
+2. every SAE of ``config["saes"]`` trains on the training orbits, in shuffled passes (epochs):
+   ``topk_mlp`` and ``archetypal`` on orbit members as rows (batches of ``4 * batch_size`` rows),
+   ``equivariant`` on orbit batches of ``batch_size`` orbits with the fitted ``M``, so an epoch has the same
+   number of steps for both (:func:`sae_train_config`); archetypal SAEs share one k-means run per cluster
+   count;
 3. on the rest: ``fvu`` over every member (equivariant SAEs reconstruct member ``p`` as ``M^p D(z)``),
    ``l0``, and probes (:func:`saebench.metrics.probing.run_probes`) on the codes of every member with that
    member's labels. Metrics ``f1_<kind>_n<len>`` are means over tasks; ``f1_<group>_<kind>_n<len>`` means over
@@ -19,7 +21,7 @@ trains, the rest measures:
 
 from __future__ import annotations
 
-import dataclasses
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -35,10 +37,28 @@ from saebench.sae.equivariant import fit_group_action, group_action_r2, orbit_st
 from saebench.train import TrainConfig, train_sae
 
 
-def _random_batches(rows: torch.Tensor, batch_size: int, steps: int, seed: int) -> Iterator[torch.Tensor]:
+def _epoch_batches(rows: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless shuffled passes over ``rows`` (first dimension) in batches of ``batch_size`` (the last batch
+    of a pass may be smaller); the trainer stops after ``total_steps``."""
     generator = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        yield rows[torch.randint(0, rows.shape[0], (batch_size,), generator=generator)]
+    while True:
+        for idx in torch.randperm(rows.shape[0], generator=generator).split(batch_size):
+            yield rows[idx]
+
+
+def sae_train_config(base: dict[str, Any], spec: dict[str, Any], n_batches_per_epoch: int, seed: int):
+    """The :class:`~saebench.train.TrainConfig` of one SAE: the config's ``train`` block updated by the SAE's
+    own ``train`` block. ``epochs`` (README ``--epochs``: passes over the training orbits) becomes
+    ``total_steps = epochs * n_batches_per_epoch``; give ``epochs`` or ``total_steps``, not both."""
+    merged = {**base, **spec.get("train", {})}
+    if "epochs" in merged:
+        if "total_steps" in merged:
+            raise ValueError(
+                f"SAE {spec['name']!r}: train gives both epochs ({merged['epochs']}) and total_steps "
+                f"({merged['total_steps']}); keep one"
+            )
+        merged["total_steps"] = merged.pop("epochs") * n_batches_per_epoch
+    return TrainConfig(**merged, seed=seed, progress=False)
 
 
 def _build_sae(spec: dict[str, Any], d: int, members: torch.Tensor, matrix: torch.Tensor, centroids):
@@ -108,19 +128,18 @@ def run_orbit_saes(
             cache[n_clusters] = kmeans_candidates(train_members, n_clusters, seed=seed)
         return cache[n_clusters]
 
-    base = TrainConfig(**config["train"], seed=seed, progress=False)
+    batches_per_epoch = math.ceil(half / config["batch_size"])
     probes = config["probes"]
     probe_rows: list[dict[str, Any]] = []
     for spec in config["saes"]:
         torch.manual_seed(seed)
         sae = _build_sae(spec, d, train_members, matrix, centroids)
-        train_config = dataclasses.replace(base, **spec.get("train", {}))
-        steps = train_config.total_steps
+        train_config = sae_train_config(config["train"], spec, batches_per_epoch, seed)
         if spec["architecture"] == "equivariant":
-            batches = _random_batches(train_acts, config["batch_size"], steps, seed)
+            batches = _epoch_batches(train_acts, config["batch_size"], seed)
             train_sae(sae, batches, train_config, step_fn=orbit_step)
         else:
-            batches = _random_batches(train_members, config["batch_size"] * acts.shape[1], steps, seed)
+            batches = _epoch_batches(train_members, config["batch_size"] * acts.shape[1], seed)
             train_sae(sae, batches, train_config)
         with torch.no_grad():
             codes = sae.encode(test_members)

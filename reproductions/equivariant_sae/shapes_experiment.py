@@ -5,6 +5,9 @@ world's images with rotation augmentation (:mod:`.autoencoders`), take the laten
 ``(n, 4, latent)`` scaled to unit standard deviation overall, and run :func:`.orbit_saes.run_orbit_saes` on
 them (M fit, SAEs, probes; the ``group-action`` run also gets the autoencoder's last-epoch pixel MSE
 ``ae_mse``). ``ae_device`` (default ``cpu``; ``auto``: CUDA when available) is where the autoencoders train;
+with ``ae_cache: true`` they are read from (or saved to) ``$SAEBENCH_CACHE/shapes-ae`` (:mod:`.ae_cache`);
+with ``workers: N`` the architectures run in N processes (:func:`saebench.repro.workers.map_in_workers`), with
+the same numbers as one after the other;
 the SAEs and probes always run on the CPU. Probe tasks: every single-factor one-vs-rest task of
 ``probes.factors`` (default: shape, colour, size, orientation, quadrant); factor groups ``invariant``
 (shape, colour, size: unchanged by rotation) and ``oriented`` (orientation, quadrant). Outputs in
@@ -23,8 +26,10 @@ import torch
 from saebench.data.shapes import ShapesConfig, ShapesWorld
 from saebench.metrics.probing import factor_probe_tasks
 from saebench.repro.pipeline import Run
+from saebench.repro.workers import map_in_workers
 
-from .autoencoders import build_autoencoder, encode_orbits, train_autoencoder
+from .ae_cache import trained_autoencoder
+from .autoencoders import encode_orbits
 from .orbit_saes import run_orbit_saes
 from .probe_report import plot_probe_f1, write_probe_tables
 
@@ -44,25 +49,51 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run_shapes(config: dict[str, Any], seed: int, workdir: Path) -> list[Run]:
+def _world_and_tasks(config: dict[str, Any], seed: int) -> tuple[ShapesWorld, list]:
     world = ShapesWorld(ShapesConfig(**config["shapes"], seed=seed))
-    images, labels = world.orbits()
     factors = config["probes"].get("factors", [f for group in FACTOR_GROUPS.values() for f in group])
-    tasks = factor_probe_tasks(world.n_values, single=factors)
+    return world, factor_probe_tasks(world.n_values, single=factors)
+
+
+def _architecture_runs(
+    world: ShapesWorld, tasks: list, config: dict[str, Any], seed: int, arch: str
+) -> tuple[list[Run], list[dict[str, Any]]]:
+    """One autoencoder's part: train (or read) it, encode the orbits, then M, SAEs and probes. It starts
+    from its own seeds, so its numbers do not depend on the other architectures or their order."""
+    model, ae_mse = trained_autoencoder(
+        arch,
+        world.config,
+        world.images,
+        config["ae"],
+        seed,
+        resolve_device(config.get("ae_device", "cpu")),
+        cache=config.get("ae_cache", False),
+    )
+    images, labels = world.orbits()
+    acts = encode_orbits(model, images)
+    acts = acts / acts.reshape(-1, acts.shape[-1]).std()
+    runs, rows = run_orbit_saes(acts, labels, tasks, config, seed, backbone=arch)
+    return [Run(runs[0].fields, {**runs[0].metrics, "ae_mse": ae_mse}), *runs[1:]], rows
+
+
+def _architecture_runs_in_worker(config: dict[str, Any], seed: int, arch: str):
+    """:func:`_architecture_runs` in a worker process, which builds its own copy of the world."""
+    world, tasks = _world_and_tasks(config, seed)
+    return _architecture_runs(world, tasks, config, seed, arch)
+
+
+def run_shapes(config: dict[str, Any], seed: int, workdir: Path) -> list[Run]:
     config = {**config, "probes": {"groups": FACTOR_GROUPS, **config["probes"]}}
-    device = resolve_device(config.get("ae_device", "cpu"))
-    runs, probe_rows = [], []
-    for arch in config["autoencoders"]:
-        torch.manual_seed(seed)
-        ae = config["ae"]
-        model = build_autoencoder(arch, world.config.image_size, ae["latent_dim"]).to(device)
-        ae_mse = train_autoencoder(model, world.images.to(device), ae["epochs"], lr=ae["lr"], seed=seed)
-        acts = encode_orbits(model, images)
-        acts = acts / acts.reshape(-1, acts.shape[-1]).std()
-        arch_runs, rows = run_orbit_saes(acts, labels, tasks, config, seed, backbone=arch)
-        runs.append(Run(arch_runs[0].fields, {**arch_runs[0].metrics, "ae_mse": ae_mse}))
-        runs.extend(arch_runs[1:])
-        probe_rows.extend(rows)
+    architectures = config["autoencoders"]
+    workers = int(config.get("workers", 1))
+    if workers > 1:
+        jobs = [(config, seed, arch) for arch in architectures]
+        parts = map_in_workers(_architecture_runs_in_worker, jobs, workers)
+    else:
+        world, tasks = _world_and_tasks(config, seed)
+        parts = [_architecture_runs(world, tasks, config, seed, arch) for arch in architectures]
+    runs = [run for arch_runs, _ in parts for run in arch_runs]
+    probe_rows = [row for _, rows in parts for row in rows]
     write_probe_tables(probe_rows, workdir / "probe_results")
     if config.get("figure"):
         plot_probe_f1(probe_rows, figure_path(config["figure"], seed), title=f"Shapes probes, seed {seed}")

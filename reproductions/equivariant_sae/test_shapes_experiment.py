@@ -8,6 +8,9 @@ import pytest
 import torch
 
 from saebench.repro.pipeline import load_reproduction
+from saebench.repro.runner import torch_threads
+
+from .orbit_saes import _epoch_batches, sae_train_config
 
 TINY = {
     "experiment": "shapes",
@@ -68,7 +71,38 @@ def test_shapes_experiment_runs_end_to_end(tmp_path):
     assert figure.stat().st_size > 0
 
 
+@pytest.mark.slow  # two spawned workers import torch, scikit-learn and XGBoost: 10-30 s
+def test_workers_give_the_same_numbers(tmp_path):
+    pipeline = load_reproduction(__file__.rsplit("/", 1)[0]).pipeline()
+    config = {**TINY, "autoencoders": ["mlp", "vit"], "saes": TINY["saes"][2:]}
+    with torch_threads(config):
+        serial = pipeline.run("mini", config, 0, tmp_path / "serial")
+        parallel = pipeline.run("mini", {**config, "workers": 2}, 0, tmp_path / "parallel")
+    assert [r.fields for r in parallel.runs] == [r.fields for r in serial.runs]
+    assert [r.metrics for r in parallel.runs] == [r.metrics for r in serial.runs]
+    table = "probe_results/results_2.csv"
+    assert (tmp_path / "parallel" / table).read_text() == (tmp_path / "serial" / table).read_text()
+
+
 def test_unknown_autoencoder():
     pipeline = load_reproduction(__file__.rsplit("/", 1)[0]).pipeline()
     with pytest.raises(ValueError, match="unknown autoencoder architecture"):
         pipeline.run("mini", {**TINY, "autoencoders": ["resnet"]}, 0, "/tmp")
+
+
+def test_epochs_become_steps():
+    spec = {"name": "a", "train": {"epochs": 3}}
+    config = sae_train_config({"lr": 0.001, "total_steps": 9}, {"name": "b"}, 5, seed=0)
+    assert config.total_steps == 9
+    assert sae_train_config({"lr": 0.001, "epochs": 2}, spec, 5, seed=0).total_steps == 15
+    with pytest.raises(ValueError, match="both epochs .* and total_steps"):
+        sae_train_config({"lr": 0.001, "total_steps": 9}, spec, 5, seed=0)
+
+
+def test_each_epoch_visits_every_row_once():
+    rows = torch.arange(10)
+    batches = _epoch_batches(rows, 4, seed=0)
+    for _ in range(2):
+        epoch = [next(batches) for _ in range(3)]  # 4 + 4 + 2 rows
+        assert [len(b) for b in epoch] == [4, 4, 2]
+        assert sorted(torch.cat(epoch).tolist()) == list(range(10))

@@ -182,7 +182,7 @@ class Reproduction:
             raise ReproductionError(
                 f"{self.folder} has no pipeline.py (it must define run(tier, config, seed, workdir))"
             )
-        package = _folder_package(self.name, self.folder)
+        package = register_reproduction_package(self.name, self.folder)
         module_name = f"{package}.pipeline"
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
@@ -197,9 +197,12 @@ class Reproduction:
         return module
 
 
-def _folder_package(paper: str, folder: Path) -> str:
+REPRODUCTIONS_PACKAGE = "saebench_reproductions"
+
+
+def register_reproduction_package(paper: str, folder: Path) -> str:
     """Register ``saebench_reproductions.<paper>`` as a package rooted at ``folder``; return its name."""
-    root = "saebench_reproductions"
+    root = REPRODUCTIONS_PACKAGE
     if root not in sys.modules:
         sys.modules[root] = _package(root, [])
     name = f"{root}.{paper}"

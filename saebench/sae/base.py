@@ -44,6 +44,7 @@ __all__ = [
     "SparseSAEOutput",
     "SAE",
     "register_sae",
+    "affine",
     "available_architectures",
     "create_sae",
     "save_sae",
@@ -124,7 +125,7 @@ class SAEConfig:
 _REGISTRY: dict[str, type[SAE]] = {}
 
 
-def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``x @ weight + bias`` for ``x`` ``(..., m)``, ``weight`` ``(m, n)``: one fused ``addmm``, so the
     ``(..., n)`` result is written once instead of once for the product and again for the bias."""
     out = torch.addmm(bias, x.reshape(-1, x.shape[-1]), weight)
@@ -257,7 +258,7 @@ class SAE(nn.Module):
         x_n = self.normalize(x)
         if self.config.pre_encoder_bias:
             x_n = x_n - self.b_dec
-        return _affine(x_n, self.encoder_weight, self.b_enc)
+        return affine(x_n, self.encoder_weight, self.b_enc)
 
     def activation(self, pre_codes: torch.Tensor) -> torch.Tensor:
         """The sparsifying non-linearity, ``(..., n_latents) -> (..., n_latents)``; set by each subclass."""
@@ -284,7 +285,7 @@ class SAE(nn.Module):
         """``(..., n_latents) -> (..., d_in)`` reconstruction in the input's space."""
         if codes.shape[-1] != self.n_latents:
             raise ValueError(f"codes must have shape (..., {self.n_latents}), got {tuple(codes.shape)}")
-        return self.denormalize(_affine(codes, self.W_dec, self.b_dec))
+        return self.denormalize(affine(codes, self.W_dec, self.b_dec))
 
     def forward(self, x: torch.Tensor) -> SAEOutput:
         if self.uses_sparse_path:

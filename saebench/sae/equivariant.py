@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from saebench.sae.base import SAE, register_sae
+from saebench.sae.base import SAE, affine, register_sae
 from saebench.sae.topk import TopKSAE, TopKSAEConfig
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "group_action_r2",
     "orbit_loss",
     "orbit_step",
+    "transported_dictionary",
     "reconstruct_orbits",
 ]
 
@@ -98,7 +99,8 @@ class MLPTopKSAE(TopKSAE):
         return False
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
-        return super().pre_activation(x) + self.encoder(centred_input(self, x))
+        x_c = centred_input(self, x)  # normalised once for both branches
+        return affine(x_c, self.encoder_weight, self.b_enc) + self.encoder(x_c)
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ class EquivariantSAE(MLPTopKSAE):
     def __init__(self, config: EquivariantSAEConfig):
         super().__init__(config)
         self.register_buffer("M", torch.eye(config.d_in))
+        self._powers: tuple[tuple, torch.Tensor] | None = None  # ((M's identity and version), M^0..M^(G-1))
 
     @torch.no_grad()
     def set_group_action(self, matrix: torch.Tensor) -> None:
@@ -145,6 +148,16 @@ class EquivariantSAE(MLPTopKSAE):
         if not torch.isfinite(matrix).all():
             raise ValueError("M contains NaN/Inf values")
         self.M.copy_(matrix)
+
+    def group_powers(self) -> torch.Tensor:
+        """``(G, d_in, d_in)``: ``M^0 .. M^(G-1)``, no gradient (``M`` is a fixed buffer). Computed once and
+        reused until ``M`` changes (in place, by ``load_state_dict`` or by moving the module), since the
+        three ``d³`` products would otherwise cost more than the rest of a training step."""
+        key = (self.M.data_ptr(), self.M._version, self.M.device, self.M.dtype)
+        if self._powers is None or self._powers[0] != key:
+            with torch.no_grad():
+                self._powers = (key, matrix_powers(self.M, self.config.group_order))
+        return self._powers[1]
 
 
 def check_orbits(orbits: torch.Tensor, d_in: int | None = None) -> None:
@@ -226,6 +239,34 @@ def _squared_error(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return (x - x_hat).pow(2).sum(dim=-1).mean()
 
 
+def transported_dictionary(sae: SAE, powers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder carried into every frame: ``(atoms (G, n_latents, d_in), offsets (G, d_in))`` with
+    ``M^p decode(z) = z @ atoms[p] + offsets[p]`` for ``(G, d_in, d_in)`` ``powers``.
+
+    ``decode`` is affine in the codes (``denormalize(z W_dec + b_dec)``), so ``offsets[p] = M^p decode(0)``
+    and ``atoms[p] = M^p (decode(e_i) - decode(0))`` per latent ``i``. Carrying the ``n_latents`` atoms
+    costs ``G h d²`` once per step instead of ``G n d²`` per batch of ``n`` decoded rows; differentiable in
+    the decoder's parameters."""
+    h = sae.n_latents
+    probes = torch.cat([torch.zeros(1, h), torch.eye(h)]).to(device=powers.device, dtype=powers.dtype)
+    decoded = sae.decode(probes)  # (1 + h, d): decode(0), decode(e_i)
+    offset, basis = decoded[0], decoded[1:] - decoded[:1]
+    atoms = torch.einsum("pij,hj->phi", powers, basis)
+    return atoms, offset @ powers.transpose(1, 2)
+
+
+def _member_codes(sae: EquivariantSAE, orbits: torch.Tensor, powers: torch.Tensor) -> torch.Tensor:
+    """The codes each loss type reconstructs from: ``(n, 1, h)`` ``E(a_0)`` (canonical), else ``(n, G, h)``:
+    ``E(a_p)`` (latent_inv) or ``E(M^(G-p) a_p)`` (output_inv)."""
+    loss_type = sae.config.loss_type
+    if loss_type == "canonical":
+        return sae.encode(orbits[:, :1])
+    if loss_type == "latent_inv":
+        return sae.encode(orbits)
+    back = powers[(-torch.arange(powers.shape[0])) % powers.shape[0]]  # M^(G-p)
+    return sae.encode(torch.einsum("pij,npj->npi", back, orbits))
+
+
 def orbit_loss(
     sae: EquivariantSAE, orbits: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
@@ -243,28 +284,24 @@ def orbit_loss(
       ``L = mean_p ||a_p - M^p D(z_p)||²`` — reconstructions are equivariant by construction.
 
     Plus ``lambda_mse * mean_p ||a_p - D(E(a_p))||²``. ``codes`` are the ``(n, ·, n_latents)`` codes used.
+    ``M^p D(z)`` is computed as ``z @ atoms[p] + offsets[p]`` (:func:`transported_dictionary`).
     """
     config = sae.config
     check_orbits(orbits, sae.d_in)
-    group_order = config.group_order
-    if orbits.shape[1] != group_order:
+    if orbits.shape[1] != config.group_order:
         raise ValueError(
-            f"orbit batches must have {group_order} members (group_order), got {orbits.shape[1]}"
+            f"orbit batches must have {config.group_order} members (group_order), got {orbits.shape[1]}"
         )
-    powers = matrix_powers(sae.M, group_order)  # (G, d, d)
-    if config.loss_type == "canonical":
-        codes = sae.encode(orbits[:, :1])  # (n, 1, h)
-        decoded = sae.decode(codes)[:, 0]  # (n, d)
-        loss = _squared_error(orbits, torch.einsum("pij,nj->npi", powers, decoded))
-    elif config.loss_type == "latent_inv":
-        codes = sae.encode(orbits)  # (n, G, h)
-        decoded = sae.decode(codes)  # (n, G, d): D(z_p)
-        carried = torch.einsum("qij,npj->npqi", powers, decoded)  # [n, p, q] = M^q D(z_p)
+    powers = sae.group_powers()
+    atoms, offsets = transported_dictionary(sae, powers)
+    codes = _member_codes(sae, orbits, powers)
+    if config.loss_type == "latent_inv":
+        carried = torch.einsum("nph,qhi->npqi", codes, atoms) + offsets  # [n, p, q] = M^q D(z_p)
         loss = _squared_error(orbits[:, None], carried)
+    elif config.loss_type == "canonical":
+        loss = _squared_error(orbits, torch.einsum("nh,phi->npi", codes[:, 0], atoms) + offsets)
     else:
-        back = powers[(-torch.arange(group_order)) % group_order]  # M^(G-p)
-        codes = sae.encode(torch.einsum("pij,npj->npi", back, orbits))
-        loss = _squared_error(orbits, torch.einsum("pij,npj->npi", powers, sae.decode(codes)))
+        loss = _squared_error(orbits, torch.einsum("nph,phi->npi", codes, atoms) + offsets)
     terms = {config.loss_type: float(loss.detach())}
     if config.lambda_mse > 0:
         mse = _squared_error(orbits, sae(orbits).x_hat)
@@ -279,16 +316,10 @@ def reconstruct_orbits(sae: EquivariantSAE, orbits: torch.Tensor) -> torch.Tenso
     that the loss type uses: ``E(a_0)`` (canonical), ``E(a_p)`` (latent_inv), ``E(M^(G-p) a_p)``
     (output_inv). For metrics such as FVU over all members."""
     check_orbits(orbits, sae.d_in)
-    group_order = sae.config.group_order
-    powers = matrix_powers(sae.M, group_order)
-    loss_type = sae.config.loss_type
-    if loss_type == "canonical":
-        inputs = orbits[:, :1].expand_as(orbits)
-    elif loss_type == "latent_inv":
-        inputs = orbits
-    else:
-        inputs = torch.einsum("pij,npj->npi", powers[(-torch.arange(group_order)) % group_order], orbits)
-    return torch.einsum("pij,npj->npi", powers, sae.decode(sae.encode(inputs)))
+    powers = sae.group_powers()
+    atoms, offsets = transported_dictionary(sae, powers)
+    codes = _member_codes(sae, orbits, powers).expand(-1, orbits.shape[1], -1)
+    return torch.einsum("nph,phi->npi", codes, atoms) + offsets
 
 
 def orbit_step(

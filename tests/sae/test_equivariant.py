@@ -109,6 +109,33 @@ def test_orbit_loss_matches_loop_reference(world, loss_type):
     assert terms[loss_type] == pytest.approx(float(loss.detach()))
 
 
+@pytest.mark.parametrize("loss_type", ["canonical", "latent_inv", "output_inv"])
+def test_orbit_loss_gradients_match_loop_reference(world, loss_type):
+    """The transported dictionary (M^p applied to the atoms, not to every decoded row) must give the same
+    gradients as the loop, with a non-trivial input normalisation so that the decoder's offset matters."""
+    fast, slow = build(loss_type), build(loss_type)
+    fast.set_group_action(world.M)
+    fast.set_input_normalization(torch.linspace(-1.0, 1.0, D), 2.0)
+    with torch.no_grad():
+        fast.b_dec.normal_()
+    slow.load_state_dict(fast.state_dict())
+    orbits = world.sample_orbits(16)
+    orbit_loss(fast, orbits)[0].backward()
+    _reference_loss(slow, orbits).backward()
+    for (name, a), b in zip(fast.named_parameters(), slow.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_group_powers_follow_changes_of_m(world):
+    sae = build()
+    torch.testing.assert_close(sae.group_powers(), torch.eye(D).expand(G, D, D))
+    sae.set_group_action(world.M)
+    torch.testing.assert_close(sae.group_powers(), matrix_powers(world.M, G))
+    other = build()
+    other.load_state_dict(sae.state_dict())
+    torch.testing.assert_close(other.group_powers()[1], world.M)
+
+
 def test_output_inv_equals_canonical_on_exact_orbits(world):
     """With the true M, mapping member p back by M^(G-p) gives member 0, so both losses coincide."""
     canonical, output_inv = build("canonical"), build("output_inv")
