@@ -49,14 +49,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _world_and_tasks(config: dict[str, Any], seed: int) -> tuple[ShapesWorld, list]:
+def _shapes_data(config: dict[str, Any], seed: int) -> tuple[ShapesWorld, tuple, list]:
+    """The world, its ``(orbit images, orbit labels)`` and the probe tasks."""
     world = ShapesWorld(ShapesConfig(**config["shapes"], seed=seed))
     factors = config["probes"].get("factors", [f for group in FACTOR_GROUPS.values() for f in group])
-    return world, factor_probe_tasks(world.n_values, single=factors)
+    return world, world.orbits(), factor_probe_tasks(world.n_values, single=factors)
 
 
 def _architecture_runs(
-    world: ShapesWorld, tasks: list, config: dict[str, Any], seed: int, arch: str
+    world: ShapesWorld, orbits: tuple, tasks: list, config: dict[str, Any], seed: int, arch: str
 ) -> tuple[list[Run], list[dict[str, Any]]]:
     """One autoencoder's part: train (or read) it, encode the orbits, then M, SAEs and probes. It starts
     from its own seeds, so its numbers do not depend on the other architectures or their order."""
@@ -69,7 +70,7 @@ def _architecture_runs(
         resolve_device(config.get("ae_device", "cpu")),
         cache=config.get("ae_cache", False),
     )
-    images, labels = world.orbits()
+    images, labels = orbits
     acts = encode_orbits(model, images)
     acts = acts / acts.reshape(-1, acts.shape[-1]).std()
     runs, rows = run_orbit_saes(acts, labels, tasks, config, seed, backbone=arch)
@@ -78,8 +79,7 @@ def _architecture_runs(
 
 def _architecture_runs_in_worker(config: dict[str, Any], seed: int, arch: str):
     """:func:`_architecture_runs` in a worker process, which builds its own copy of the world."""
-    world, tasks = _world_and_tasks(config, seed)
-    return _architecture_runs(world, tasks, config, seed, arch)
+    return _architecture_runs(*_shapes_data(config, seed), config, seed, arch)
 
 
 def run_shapes(config: dict[str, Any], seed: int, workdir: Path) -> list[Run]:
@@ -90,8 +90,8 @@ def run_shapes(config: dict[str, Any], seed: int, workdir: Path) -> list[Run]:
         jobs = [(config, seed, arch) for arch in architectures]
         parts = map_in_workers(_architecture_runs_in_worker, jobs, workers)
     else:
-        world, tasks = _world_and_tasks(config, seed)
-        parts = [_architecture_runs(world, tasks, config, seed, arch) for arch in architectures]
+        data = _shapes_data(config, seed)
+        parts = [_architecture_runs(*data, config, seed, arch) for arch in architectures]
     runs = [run for arch_runs, _ in parts for run in arch_runs]
     probe_rows = [row for _, rows in parts for row in rows]
     write_probe_tables(probe_rows, workdir / "probe_results")
